@@ -1,0 +1,161 @@
+"""Build an embedded MoE checkpoint (config, tokenizer, seeded random safetensors weights) into a cache.
+
+The output directory name carries a digest of the preset and of this builder's format version, so a
+changed preset never reuses a stale checkpoint, and a finished build is reused without touching it.
+Writes go to a temporary sibling directory that is renamed into place, so an interrupted build never
+leaves a half-written model that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from .presets import ModelPreset, get_preset
+from .tokenizer import EOS_TOKEN, train_tokenizer
+
+FORMAT_VERSION = 1
+
+
+def cache_root() -> Path:
+    env = os.environ.get("SGL_LAYERED_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "sgl_layered"
+
+
+def preset_digest(preset: ModelPreset) -> str:
+    blob = json.dumps({"format": FORMAT_VERSION, **asdict(preset)}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def model_dir(preset: ModelPreset) -> Path:
+    return cache_root() / "models" / f"{preset.name}-{preset_digest(preset)}"
+
+
+def hf_config(p: ModelPreset, eos_id: int) -> dict:
+    common = {
+        "vocab_size": p.vocab_size,
+        "hidden_size": p.hidden,
+        "num_hidden_layers": p.num_layers,
+        "num_attention_heads": p.heads,
+        "num_key_value_heads": p.kv_heads,
+        "head_dim": p.head_dim,
+        "num_experts_per_tok": p.top_k,
+        "max_position_embeddings": p.max_positions,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "torch_dtype": p.dtype,
+        "eos_token_id": eos_id,
+        "bos_token_id": None,
+    }
+    if p.architecture == "qwen3_moe":
+        return {
+            **common,
+            "architectures": ["Qwen3MoeForCausalLM"],
+            "model_type": "qwen3_moe",
+            "num_experts": p.num_experts,
+            "moe_intermediate_size": p.expert_intermediate,
+            "intermediate_size": p.expert_intermediate * p.top_k,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+            "norm_topk_prob": True,
+            "attention_bias": False,
+            "use_sliding_window": False,
+        }
+    if p.architecture == "mixtral":
+        return {
+            **common,
+            "architectures": ["MixtralForCausalLM"],
+            "model_type": "mixtral",
+            "num_local_experts": p.num_experts,
+            "intermediate_size": p.expert_intermediate,
+            "sliding_window": None,
+        }
+    raise ValueError(f"no builder for architecture {p.architecture!r}")
+
+
+def _weight_names(p: ModelPreset):
+    """(name, shape, kind) for every tensor, in the checkpoint layout the hub's models use."""
+    h, q, kv = p.hidden, p.heads * p.head_dim, p.kv_heads * p.head_dim
+    yield "model.embed_tokens.weight", (p.vocab_size, h), "embed"
+    for i in range(p.num_layers):
+        pre = f"model.layers.{i}."
+        yield pre + "input_layernorm.weight", (h,), "norm"
+        yield pre + "post_attention_layernorm.weight", (h,), "norm"
+        for name, shape in (("q_proj", (q, h)), ("k_proj", (kv, h)), ("v_proj", (kv, h)), ("o_proj", (h, q))):
+            yield pre + f"self_attn.{name}.weight", shape, "linear"
+        if p.architecture == "qwen3_moe":
+            yield pre + "self_attn.q_norm.weight", (p.head_dim,), "norm"
+            yield pre + "self_attn.k_norm.weight", (p.head_dim,), "norm"
+            moe, names = pre + "mlp.", ("gate_proj", "up_proj", "down_proj")
+        else:
+            moe, names = pre + "block_sparse_moe.", ("w1", "w3", "w2")
+        yield moe + "gate.weight", (p.num_experts, h), "router"
+        for e in range(p.num_experts):
+            gate, up, down = names
+            yield moe + f"experts.{e}.{gate}.weight", (p.expert_intermediate, h), "linear"
+            yield moe + f"experts.{e}.{up}.weight", (p.expert_intermediate, h), "linear"
+            yield moe + f"experts.{e}.{down}.weight", (h, p.expert_intermediate), "linear"
+    yield "model.norm.weight", (h,), "norm"
+    yield "lm_head.weight", (p.vocab_size, h), "linear"
+
+
+def _write_weights(p: ModelPreset, out: Path, shard_bytes: int = 1 << 30) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    dtype = getattr(torch, p.dtype)
+    gen = torch.Generator().manual_seed(p.seed)
+    shards: list[dict] = [{}]
+    size = 0
+    for name, shape, kind in _weight_names(p):
+        if kind == "norm":
+            t = torch.ones(shape)
+        elif kind == "router":
+            # Routers get a larger scale than other projections so expert choice depends on the token.
+            t = torch.randn(shape, generator=gen) * (1.0 / shape[1] ** 0.5)
+        else:
+            t = torch.randn(shape, generator=gen) * (1.0 / shape[-1] ** 0.5)
+        t = t.to(dtype).contiguous()
+        nbytes = t.numel() * t.element_size()
+        if size + nbytes > shard_bytes and shards[-1]:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    index = {}
+    for k, shard in enumerate(shards):
+        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out / fname), metadata={"format": "pt"})
+        index.update({name: fname for name in shard})
+    total = sum(t.numel() * t.element_size() for s in shards for t in s.values())
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": index}, indent=1, sort_keys=True) + "\n")
+
+
+def build(name: str, force: bool = False) -> Path:
+    """Build preset `name` into the cache (or reuse a finished build) and return its directory."""
+    preset = get_preset(name)
+    final = model_dir(preset)
+    if (final / "BUILD_OK").exists() and not force:
+        return final
+    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    train_tokenizer(preset.vocab_size, preset.seed, tmp)
+    vocab = json.loads((tmp / "tokenizer.json").read_text())
+    eos_id = next(t["id"] for t in vocab["added_tokens"] if t["content"] == EOS_TOKEN)
+    config = hf_config(preset, eos_id)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (tmp / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_id}, indent=2) + "\n")
+    _write_weights(preset, tmp)
+    (tmp / "sgl_layered_preset.json").write_text(json.dumps(asdict(preset), indent=2, sort_keys=True) + "\n")
+    (tmp / "BUILD_OK").write_text("ok\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final

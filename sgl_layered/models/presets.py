@@ -1,0 +1,61 @@
+"""Shapes of the embedded MoE checkpoints the project builds for itself.
+
+No model hub is reachable from our machines, so tests and benchmarks run on small random-weight models
+built locally and deterministically from a seed. `tiny-*` presets keep CI fast; `bench-*` presets carry
+enough expert weight (about 0.8 GB in bf16) that re-streaming experts per chunk shows up in timings even
+on a CPU, whose caches are far smaller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    architecture: str  # "qwen3_moe" | "mixtral"
+    num_layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    num_experts: int
+    top_k: int
+    expert_intermediate: int
+    vocab_size: int = 2048
+    max_positions: int = 16384
+    seed: int = 0
+    dtype: str = "bfloat16"
+    extra: dict = field(default_factory=dict)
+
+    def expert_bytes(self) -> int:
+        """Bytes of one expert's weights (gate, up and down projections) in the stored dtype."""
+        per_param = 2 if self.dtype in ("bfloat16", "float16") else 4
+        return 3 * self.hidden * self.expert_intermediate * per_param
+
+
+PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in [
+        # 5 layers: group counts 2 and 3 both split the layers unevenly, which the tests want.
+        ModelPreset("tiny-qwen3-moe", "qwen3_moe", num_layers=5, hidden=64, heads=4, kv_heads=2,
+                    head_dim=16, num_experts=8, top_k=2, expert_intermediate=64),
+        ModelPreset("tiny-mixtral", "mixtral", num_layers=5, hidden=64, heads=4, kv_heads=2,
+                    head_dim=16, num_experts=8, top_k=2, expert_intermediate=64),
+        # 8 layers x 64 experts x 3 x 512 x 512 x 2 bytes = 805 MB of expert weights.
+        ModelPreset("bench-qwen3-moe", "qwen3_moe", num_layers=8, hidden=512, heads=8, kv_heads=4,
+                    head_dim=64, num_experts=64, top_k=8, expert_intermediate=512),
+        ModelPreset("bench-mixtral", "mixtral", num_layers=8, hidden=512, heads=8, kv_heads=4,
+                    head_dim=64, num_experts=64, top_k=8, expert_intermediate=512),
+    ]
+}
+
+DEFAULT_MODEL = "tiny-qwen3-moe"
+
+
+def get_preset(name: str) -> ModelPreset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown embedded model {name!r}; choose one of {sorted(PRESETS)}") from None
