@@ -1,0 +1,98 @@
+"""Every place sgl-layered touches SGLang, in one table.
+
+Each hook names its target, the SGLang hook kind, the function or class we install, the process it is
+needed in, and why. `patches/` holds the same seams as diffs against the pinned SGLang (the upstreaming
+path); tests/test_patches.py keeps the two in step.
+
+MAIN hooks live in the launching process (CLI flags, startup checks) and pass through unless layered
+prefill or the trace is enabled for that launch. SCHEDULER hooks are installed only when a launch enables
+one of them, in every SGLang child process of that launch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+
+MAIN = "main"
+SCHEDULER = "scheduler"
+
+
+@dataclass(frozen=True)
+class Hook:
+    target: str  # dotted path inside sglang
+    kind: str  # SGLang HookType name: AFTER, AROUND or REPLACE
+    impl: str  # "module:attribute" of our hook function or replacement class
+    process: str  # MAIN or SCHEDULER
+    why: str
+
+
+HOOKS: tuple = (
+    Hook("sglang.srt.server_args.ServerArgs.add_cli_args", "AFTER", "sgl_layered.adapter.cli:add_cli_args_hook",
+         MAIN, "list --enable-layered-prefill and its knobs in `python -m sglang.launch_server --help`"),
+    Hook("sglang.srt.server_args.ServerArgs.from_cli_args", "AROUND", "sgl_layered.adapter.cli:from_cli_args_hook",
+         MAIN, "read our flags (from_cli_args keeps only ServerArgs fields), validate them before anything "
+               "is spawned, set the inputs layered mode needs, hand the settings to the children"),
+    Hook("sglang.srt.entrypoints.engine._wait_for_scheduler_ready", "AFTER",
+         "sgl_layered.adapter.cli:check_schedulers_hook", MAIN,
+         "refuse to serve unless every scheduler rank reports layered prefill installed and verified"),
+    Hook("sglang.srt.managers.scheduler.Scheduler", "REPLACE", "sgl_layered.adapter.scheduler:LayeredScheduler",
+         SCHEDULER, "admit prompts as cohorts, run one layer group per iteration with the decode batch, "
+                    "merge a cohort into decode only after its last group; record the per-iteration trace"),
+    Hook("sglang.srt.models.qwen3_moe.Qwen3MoeDecoderLayer.forward", "AROUND",
+         "sgl_layered.adapter.fused_pass:decoder_layer_hook", SCHEDULER,
+         "splice the cohort's prompt rows into the decode forward inside the active layer group (Qwen3-MoE)"),
+    Hook("sglang.srt.models.mixtral.MixtralDecoderLayer.forward", "AROUND",
+         "sgl_layered.adapter.fused_pass:decoder_layer_hook", SCHEDULER,
+         "splice the cohort's prompt rows into the decode forward inside the active layer group (Mixtral)"),
+    Hook("sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.can_run_graph",
+         "AROUND", "sgl_layered.adapter.cli:no_graph_during_layered_pass", SCHEDULER,
+         "iterations carrying a layered pass run eager (a graph replay would skip the spliced rows); "
+         "decode-only iterations keep SGLang's decode CUDA graph"),
+)
+
+
+class HookNotApplied(RuntimeError):
+    pass
+
+
+def resolve_impl(hook: Hook):
+    module, attr = hook.impl.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def register(process: str) -> None:
+    """Register the table's hooks for `process` with SGLang's registry (SGLang applies them afterwards)."""
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    for hook in HOOKS:
+        if hook.process == process:
+            HookRegistry.register(hook.target, resolve_impl(hook), HookType[hook.kind])
+
+
+def applied(hook: Hook) -> bool:
+    """Whether SGLang applied `hook` in this process: registry bookkeeping and the live object agree."""
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    if hook.target not in HookRegistry._patched:
+        return False
+    owner, attr = hook.target.rsplit(".", 1)
+    live = getattr(pkgutil.resolve_name(owner), attr)
+    live = getattr(live, "__func__", live)
+    if hook.kind == "REPLACE":
+        return live is resolve_impl(hook)
+    return getattr(live, "__wrapped__", None) is not None
+
+
+def verify(process: str) -> list:
+    missing = [h.target for h in HOOKS if h.process == process and not applied(h)]
+    if missing:
+        raise HookNotApplied(
+            "sgl-layered refuses to start: SGLang did not apply the hook(s) " + ", ".join(missing) +
+            " (the pinned SGLang seam may have moved; see patches/CATALOG.md)")
+    return [h.target for h in HOOKS if h.process == process]
+
+
+def verify_scheduler_hooks() -> list:
+    return verify(SCHEDULER)

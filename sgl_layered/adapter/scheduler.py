@@ -1,0 +1,132 @@
+"""The SGLang Scheduler subclass that runs layered prefill (installed by a REPLACE hook in each rank).
+
+With layered prefill off it only records the optional trace and otherwise defers to SGLang. With it on:
+SGLang still admits prompts (its own PrefillAdder: FCFS, prefix cache, KV memory) but an admitted prefill
+batch becomes a cohort that runs one layer group per iteration, fused into the decode forward, instead of
+running whole. Each override below wraps one seam and calls the parent for everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sglang.srt.managers.schedule_batch import NextBatchPlan
+from sglang.srt.managers.scheduler import Scheduler
+from sglang.srt.runtime_context import get_parallel
+
+from sgl_layered.core.config import LayeredConfig, LayeredConfigError
+
+from . import hooks
+from .layered_step import LayeredResult, LayeredRuntime
+from .trace import TraceWriter, describe_layered, describe_stock_batch
+
+logger = logging.getLogger("sgl_layered")
+
+
+class LayeredScheduler(Scheduler):
+    def __init__(self, *args, **kwargs):
+        self._sgl_layered_config = LayeredConfig.from_env() or LayeredConfig()
+        self._layered = None
+        self._layered_iteration = None
+        self._trace = None
+        super().__init__(*args, **kwargs)
+        self._sgl_layered_hooks = hooks.verify_scheduler_hooks()
+        cfg = self._sgl_layered_config
+        if cfg.enable_layered_prefill:
+            self._check_resolved_settings()
+            self._layered = LayeredRuntime(self, cfg)
+            logger.info("layered prefill on: groups=%s (group tokens %d), %d layers",
+                        cfg.layered_prefill_groups, cfg.layered_prefill_group_tokens, self._layered.num_layers)
+        if cfg.layered_prefill_trace and get_parallel().tp_rank == 0:
+            layers = int(self.tp_worker.model_runner.model_config.num_hidden_layers)
+            self._trace = TraceWriter(cfg.layered_prefill_trace, layers)
+
+    def _check_resolved_settings(self) -> None:
+        """Re-check, on SGLang's resolved settings, what the launcher checked on the user's input."""
+        problems = []
+        if self.enable_overlap:
+            problems.append("the overlap scheduler is on (layered mode needs --disable-overlap-schedule)")
+        if self.is_mixed_chunk:
+            problems.append("--enable-mixed-chunk is on")
+        if self.chunked_prefill_size is not None and self.chunked_prefill_size > 0:
+            problems.append(f"chunked prefill is on (size {self.chunked_prefill_size})")
+        if not self.spec_algorithm.is_none():
+            problems.append("speculative decoding is on")
+        if get_parallel().pp_size > 1:
+            problems.append("pipeline parallelism is on")
+        if self.require_mlp_sync:
+            problems.append("data-parallel attention is on")
+        if problems:
+            raise LayeredConfigError("layered prefill cannot run: " + "; ".join(problems))
+
+    def get_init_info(self):
+        info = super().get_init_info()
+        info["sgl_layered"] = {"hooks": self._sgl_layered_hooks,
+                               "layered": self._layered is not None,
+                               "config": self._sgl_layered_config.to_json()}
+        return info
+
+    # -- scheduling ---------------------------------------------------------------------------------
+    def _should_defer_prefill(self, running_batch) -> bool:
+        if self._layered is not None and not self._layered.may_admit(running_batch):
+            return True
+        return super()._should_defer_prefill(running_batch)
+
+    def get_next_batch_to_run(self, running_batch, last_batch):
+        self._layered_iteration = None
+        if self._layered is None:
+            return super().get_next_batch_to_run(running_batch=running_batch, last_batch=last_batch)
+        layered = self._layered
+        # Only a cohort that finished its last group may merge into the running batch, never one mid-layers.
+        plan = super().get_next_batch_to_run(running_batch=running_batch, last_batch=layered.take_completed())
+        batch, running = plan.batch_to_run, plan.running_batch
+        if batch is not None and batch.forward_mode.is_extend():
+            layered.admit(batch)  # SGLang chose this prefill batch; we run it group by group instead
+            batch = self.update_running_batch(running) if not running.is_empty() else None
+            if batch is not None and batch.is_empty():
+                batch = None
+        iteration = layered.next_iteration(batch)
+        if iteration is None:
+            return NextBatchPlan(batch_to_run=batch, running_batch=running)
+        self._layered_iteration = iteration
+        return NextBatchPlan(batch_to_run=iteration.host_batch, running_batch=running)
+
+    # -- execution ----------------------------------------------------------------------------------
+    def run_batch(self, batch, *args, **kwargs):
+        iteration = self._layered_iteration
+        if self._trace is not None:
+            summary = (describe_layered(iteration) if iteration is not None
+                       else describe_stock_batch(batch, self._trace.num_layers))
+            self._trace.begin(self.forward_ct + 1, summary)
+        if iteration is None:
+            result = super().run_batch(batch, *args, **kwargs)
+        else:
+            result = self._layered.run(iteration, super().run_batch)
+        if self._trace is not None:
+            self._trace.forward_done()
+        return result
+
+    def process_batch_result(self, batch, result):
+        if isinstance(result, LayeredResult):
+            iteration = self._layered_iteration
+            if result.decode is not None:
+                super().process_batch_result(iteration.decode_batch, result.decode)
+            if result.prefill is not None:
+                super().process_batch_result(iteration.cohort.batch, result.prefill)
+                self._layered.finish(iteration.cohort)
+        else:
+            super().process_batch_result(batch, result)
+        if self._trace is not None:
+            self._trace.end()
+
+    # -- bookkeeping SGLang does over "all in-flight requests" must see the cohort too ---------------
+    def _collect_inflight_batches(self):
+        batches = super()._collect_inflight_batches()
+        if self._layered is not None and self._layered.cohort is not None:
+            batches = [*batches, self._layered.cohort.batch]
+        return batches
+
+    def is_fully_idle(self, *args, **kwargs) -> bool:
+        if self._layered is not None and self._layered.cohort is not None:
+            return False
+        return super().is_fully_idle(*args, **kwargs)

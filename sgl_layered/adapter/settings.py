@@ -1,0 +1,149 @@
+"""Our launch settings: CLI flags, Engine keyword arguments, validation, and transport to SGLang's children.
+
+SGLang's ServerArgs is a sealed msgspec record, so our settings never become ServerArgs fields. They are
+parsed next to it (CLI hook or Engine subclass), validated before anything is spawned, and carried to the
+scheduler processes in one environment variable (children inherit the environment at spawn).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import fields
+from typing import Any, Callable, Optional
+
+from sgl_layered import SGLANG_PIN
+from sgl_layered.core.config import ENV_VAR, LayeredConfig, LayeredConfigError
+
+from .archs import SUPPORTED, unsupported_message
+
+logger = logging.getLogger("sgl_layered")
+
+_HELP = {
+    "enable_layered_prefill": "Run prompts as layered prefill (arXiv 2510.08055): each iteration runs the prompt "
+                              "cohort through one group of layers, fused with the full decode batch. Replaces "
+                              "chunked prefill.",
+    "layered_prefill_groups": "Layer groups per prompt cohort: a number, or 'auto' for the paper's rule "
+                              "G = clamp(ceil(L / group_tokens), 1, num_layers) for a cohort of L new tokens.",
+    "layered_prefill_group_tokens": "Tokens per layer group for --layered-prefill-groups auto.",
+    "layered_prefill_trace": "Write one JSON line per forward iteration (times, decode rows, prefill pieces "
+                             "with request ids, token counts and layer ranges) to this file. Works with "
+                             "layered prefill on or off.",
+}
+
+
+def add_flags(parser) -> None:
+    defaults = LayeredConfig()
+    group = parser.add_argument_group("sgl-layered (layered prefill)")
+    group.add_argument("--enable-layered-prefill", action="store_true", help=_HELP["enable_layered_prefill"])
+    group.add_argument("--layered-prefill-groups", type=str, default=defaults.layered_prefill_groups,
+                       metavar="N|auto", help=_HELP["layered_prefill_groups"])
+    group.add_argument("--layered-prefill-group-tokens", type=int,
+                       default=defaults.layered_prefill_group_tokens, help=_HELP["layered_prefill_group_tokens"])
+    group.add_argument("--layered-prefill-trace", type=str, default=defaults.layered_prefill_trace,
+                       metavar="PATH", help=_HELP["layered_prefill_trace"])
+
+
+def config_from_namespace(namespace) -> LayeredConfig:
+    return LayeredConfig(**{f.name: getattr(namespace, f.name) for f in fields(LayeredConfig)
+                            if hasattr(namespace, f.name)})
+
+
+def pop_config_kwargs(kwargs: dict) -> LayeredConfig:
+    return LayeredConfig(**{name: kwargs.pop(name) for name in LayeredConfig.option_names() if name in kwargs})
+
+
+# Combinations layered prefill does not support yet. Each: (ServerArgs field, predicate on the user's value,
+# why). Checked on what the user asked for before launch; the scheduler re-checks the resolved values.
+UNSUPPORTED: tuple = (
+    ("enable_mixed_chunk", bool, "--enable-mixed-chunk: layered prefill replaces mixed chunked prefill"),
+    ("chunked_prefill_size", lambda v: v not in (None, -1),
+     "--chunked-prefill-size: layered prefill does not chunk prompts by tokens; drop the flag"),
+    ("pp_size", lambda v: (v or 1) > 1, "--pp-size > 1: pipeline parallelism is not supported yet"),
+    ("speculative_algorithm", lambda v: v not in (None, "", "NONE"),
+     "--speculative-algorithm: speculative decoding is not supported yet"),
+    ("disaggregation_mode", lambda v: v not in (None, "null"),
+     "--disaggregation-mode: PD disaggregation is not supported yet"),
+    ("dp_size", lambda v: (v or 1) > 1, "--dp-size > 1: data parallelism is not supported yet"),
+    ("enable_dp_attention", bool, "--enable-dp-attention: data-parallel attention is not supported yet"),
+    ("attn_cp_size", lambda v: (v or 1) > 1, "--attn-cp-size > 1: context parallelism is not supported yet"),
+    ("ep_size", lambda v: (v or 1) > 1, "--ep-size > 1: expert parallelism is not supported yet"),
+    ("moe_a2a_backend", lambda v: v not in (None, "none"),
+     "--moe-a2a-backend: all-to-all MoE backends are not supported yet"),
+    ("enable_two_batch_overlap", bool, "--enable-two-batch-overlap is not supported yet"),
+    ("enable_single_batch_overlap", bool, "--enable-single-batch-overlap is not supported yet"),
+    ("enable_pdmux", bool, "--enable-pdmux: PD multiplexing is not supported with layered prefill"),
+    ("dllm_algorithm", lambda v: v is not None, "--dllm-algorithm: diffusion LMs are not supported"),
+    ("enable_hierarchical_cache", bool, "--enable-hierarchical-cache is not supported yet"),
+    ("enable_lora", bool, "--enable-lora: LoRA is not supported yet"),
+    ("lora_paths", bool, "--lora-paths: LoRA is not supported yet"),
+    ("enable_torch_compile", bool, "--enable-torch-compile: compiled forwards bypass the fused layer pass"),
+    ("is_embedding", bool, "--is-embedding: layered prefill is for generative models"),
+)
+
+
+def check_combinations(value_of: Callable[[str], Any]) -> None:
+    for name, bad, why in UNSUPPORTED:
+        if bad(value_of(name)):
+            raise LayeredConfigError(f"--enable-layered-prefill cannot be combined with {why}")
+
+
+def forced_server_settings() -> dict:
+    """ServerArgs inputs layered mode sets: no token chunking, and the non-overlap event loop."""
+    return {"chunked_prefill_size": -1, "disable_overlap_schedule": True}
+
+
+def check_version() -> None:
+    import sglang
+
+    if sglang.__version__ != SGLANG_PIN:
+        raise LayeredConfigError(
+            f"sgl-layered requires SGLang {SGLANG_PIN} exactly (it wraps seams of that release); "
+            f"found SGLang {sglang.__version__}")
+
+
+def check_model(model_path: str, trust_remote_code: bool, config: LayeredConfig) -> int:
+    """Refuse unsupported architectures and impossible group counts; return the model's layer count."""
+    from transformers import AutoConfig
+
+    hf = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    arch = (getattr(hf, "architectures", None) or ["<none>"])[0]
+    if arch not in SUPPORTED:
+        raise LayeredConfigError(unsupported_message(arch))
+    num_layers = int(hf.num_hidden_layers)
+    config.check_layers(num_layers)
+    return num_layers
+
+
+def validate_launch(config: LayeredConfig, value_of: Callable[[str], Any]) -> None:
+    """All checks that can run before SGLang spawns anything."""
+    if not config.enable_layered_prefill:
+        return
+    check_version()
+    check_combinations(value_of)
+    model_path = value_of("model_path")
+    if model_path:
+        check_model(model_path, bool(value_of("trust_remote_code")), config)
+
+
+@contextlib.contextmanager
+def launch_env(config: Optional[LayeredConfig]):
+    """Expose `config` to children spawned inside the block, then restore the parent's environment."""
+    previous = os.environ.get(ENV_VAR)
+    if config is not None and config.needs_plugin:
+        os.environ[ENV_VAR] = config.to_json()
+    else:
+        os.environ.pop(ENV_VAR, None)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = previous
+
+
+def log_forced_settings() -> None:
+    logger.info("layered prefill: token chunking off (--chunked-prefill-size -1) and SGLang's overlap "
+                "scheduler off (layered iterations run the non-overlap event loop)")

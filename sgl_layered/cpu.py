@@ -1,0 +1,36 @@
+"""Settings that make SGLang 0.5.23 serve on a CPU-only machine (our tests, demo and benchmarks use them).
+
+SGLang's CPU engine needs SGLANG_USE_CPU_ENGINE=1 and device="cpu"; attention runs in torch_native; there
+is no CUDA graph; and the KV pool must be sized explicitly (the default would grab most of the RAM).
+fp32 keeps greedy outputs bit-stable enough to compare modes token for token.
+"""
+
+from __future__ import annotations
+
+import os
+
+CPU_ENV = {"SGLANG_USE_CPU_ENGINE": "1"}
+
+
+def engine_kwargs(max_total_tokens: int = 16384, dtype: str = "float32", **overrides) -> dict:
+    kw = dict(
+        device="cpu",
+        attention_backend="torch_native",
+        dtype=dtype,
+        max_total_tokens=max_total_tokens,
+        disable_cuda_graph=True,
+        mem_fraction_static=0.3,
+        log_level="error",
+    )
+    kw.update(overrides)
+    return kw
+
+
+def server_args(max_total_tokens: int = 16384, dtype: str = "float32") -> list:
+    """The same settings as `python -m sglang.launch_server` flags."""
+    return ["--device", "cpu", "--attention-backend", "torch_native", "--dtype", dtype,
+            "--max-total-tokens", str(max_total_tokens), "--disable-cuda-graph", "--mem-fraction-static", "0.3"]
+
+
+def apply_env() -> None:
+    os.environ.update(CPU_ENV)

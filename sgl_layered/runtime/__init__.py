@@ -1,0 +1,1 @@
+"""The runtime ring: torch, no sglang. Row bookkeeping and the activation stash between iterations."""

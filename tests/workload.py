@@ -1,0 +1,34 @@
+"""Prompts and request timing shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+# 18 prompt lengths from 1 token to ~1500, several not divisible by 2, 3 or 5.
+PROMPT_LENGTHS = [1, 2, 7, 31, 64, 97, 128, 255, 301, 511, 513, 700, 777, 1001, 1024, 1199, 1300, 1499]
+MAX_NEW_TOKENS = 24
+
+
+def prompts(vocab_size: int = 2048, seed: int = 1234, lengths=PROMPT_LENGTHS) -> list:
+    """Seeded random token-id prompts (ids below the chat markers, which sit at the top of the vocab)."""
+    rng = random.Random(seed)
+    return [[rng.randrange(0, vocab_size - 3) for _ in range(n)] for n in lengths]
+
+
+def greedy(max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
+    return {"max_new_tokens": max_new_tokens, "temperature": 0.0, "ignore_eos": True}
+
+
+async def _staggered(engine, ids_list, gap_s: float):
+    async def one(i, ids):
+        await asyncio.sleep(i * gap_s)
+        out = await engine.async_generate(input_ids=ids, sampling_params=greedy())
+        return out["output_ids"]
+
+    return await asyncio.gather(*(one(i, ids) for i, ids in enumerate(ids_list)))
+
+
+def run_staggered(engine, ids_list, gap_s: float = 0.15) -> list:
+    """Submit prompts one after another so later prefills arrive while earlier requests decode."""
+    return engine.loop.run_until_complete(_staggered(engine, ids_list, gap_s))
