@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import os
 
-CPU_ENV = {"SGLANG_USE_CPU_ENGINE": "1"}
+CPU_ENV = {
+    "SGLANG_USE_CPU_ENGINE": "1",
+    # The CPU environment's torch wheel ships libnccl, so SGLang would build an NCCL communicator for TP>1
+    # and fail on the CPU device. Pointing SGLang's NCCL override at no library takes its documented
+    # "NCCL missing (non-GPU environment)" path: TP then all-reduces through torch.distributed (gloo).
+    "SGLANG_NCCL_SO_PATH": "/nonexistent/sgl-layered-cpu-has-no-nccl.so",
+}
 
 
 def engine_kwargs(max_total_tokens: int = 16384, dtype: str = "float32", **overrides) -> dict:

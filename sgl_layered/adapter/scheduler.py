@@ -107,17 +107,21 @@ class LayeredScheduler(Scheduler):
         return result
 
     def process_batch_result(self, batch, result):
+        processed = []
         if isinstance(result, LayeredResult):
             iteration = self._layered_iteration
             if result.decode is not None:
                 super().process_batch_result(iteration.decode_batch, result.decode)
+                processed.append(iteration.decode_batch)
             if result.prefill is not None:
                 super().process_batch_result(iteration.cohort.batch, result.prefill)
+                processed.append(iteration.cohort.batch)
                 self._layered.finish(iteration.cohort)
         else:
             super().process_batch_result(batch, result)
+            processed.append(batch)
         if self._trace is not None:
-            self._trace.end()
+            self._trace.end(finished=[r.rid for b in processed for r in b.reqs if r.finished()])
 
     # -- bookkeeping SGLang does over "all in-flight requests" must see the cohort too ---------------
     def _collect_inflight_batches(self):

@@ -2,7 +2,8 @@
 
 Fields: iter, start / forward_end / end (wall-clock seconds: forward launched, forward returned, results
 processed), mode, decode_rows, and prefill: one entry per prompt piece with its request ids, new-token
-count and the layer range [start, end) it ran ([0, num_layers) for a stock prefill or chunk).
+count and the layer range [start, end) it ran ([0, num_layers) for a stock prefill or chunk); finished:
+ids of the requests that finished in this iteration.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ class TraceWriter:
         if self._pending is not None:
             self._pending["forward_end"] = time.time()
 
-    def end(self) -> None:
+    def end(self, finished=()) -> None:
         if self._pending is None:
             return
         self._pending["end"] = time.time()
+        self._pending["finished"] = list(finished)
         self._file.write(json.dumps(self._pending) + "\n")
         self._pending = None
 

@@ -1,0 +1,48 @@
+"""Shared fixtures: embedded models, CPU engine settings, and stock-SGLang reference outputs.
+
+Every SGLang start costs ~15 s on the CI machine, so reference outputs are computed once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from sgl_layered import cpu  # noqa: E402
+
+cpu.apply_env()
+
+_REFERENCE = {}
+
+
+@pytest.fixture(scope="session")
+def model_path():
+    from sgl_layered.models import build
+
+    return lambda name: str(build(name))
+
+
+@pytest.fixture(scope="session")
+def stock_reference(model_path):
+    """Greedy outputs of stock SGLang (chunked prefill disabled, plugin installed but off), per model."""
+    import sgl_layered
+    from workload import prompts, run_staggered
+
+    def get(name):
+        if name not in _REFERENCE:
+            engine = sgl_layered.Engine(model_path=model_path(name), **cpu.engine_kwargs(chunked_prefill_size=-1))
+            try:
+                info = engine._scheduler_init_result.scheduler_infos[0]
+                outputs = run_staggered(engine, prompts())
+                completion = engine.generate(prompt="the layer of the expert", sampling_params={
+                    "max_new_tokens": 12, "temperature": 0.0})["text"]
+            finally:
+                engine.shutdown()
+            _REFERENCE[name] = {"outputs": outputs, "completion": completion, "scheduler_info": info}
+        return _REFERENCE[name]
+
+    return get
