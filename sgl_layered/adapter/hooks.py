@@ -53,6 +53,29 @@ HOOKS: tuple = (
 )
 
 
+# SGLang names the adapter calls directly (besides the hooked seams). They are part of the contract with the
+# pinned release; tests/test_patches.py checks that each still exists.
+CALLED: tuple = (
+    "sglang.srt.model_executor.model_runner.ModelRunner._get_attention_backend",
+    "sglang.srt.model_executor.model_runner.ModelRunner._prepare_eager_forward_batch",
+    "sglang.srt.model_executor.model_runner.ModelRunner.sample",
+    "sglang.srt.managers.scheduler.Scheduler._relay_forward_payload",
+    "sglang.srt.managers.scheduler.Scheduler._copy_auxiliary_output_to_cpu",
+    "sglang.srt.managers.scheduler.Scheduler.update_running_batch",
+    "sglang.srt.managers.overlap_utils.resolve_forward_inputs",
+    "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new",
+    "sglang.srt.model_executor.forward_batch_info.ForwardBatch.set_local_num_token_non_padded",
+    "sglang.srt.model_executor.forward_context.forward_context",
+    "sglang.srt.model_executor.forward_context.get_attn_backend",
+    "sglang.srt.layers.layer_boundary.residual.batch.start",
+    "sglang.srt.layers.layer_boundary.residual.batch.stream_of",
+    "sglang.srt.layers.layer_boundary.residual.batch.clear",
+    "sglang.srt.layers.layer_boundary.residual.batch.final_norm",
+    "sglang.srt.layers.layer_boundary.residual.stream.ResidualStream.from_handoff",
+    "sglang.srt.layers.layer_boundary.residual.stream.ResidualStream.export",
+)
+
+
 class HookNotApplied(RuntimeError):
     pass
 

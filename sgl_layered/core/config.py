@@ -47,6 +47,12 @@ class LayeredConfig:
             raise LayeredConfigError(
                 "--layered-prefill-group-tokens must be a positive integer, "
                 f"got {self.layered_prefill_group_tokens!r}")
+        if not self.enable_layered_prefill:
+            defaults = LayeredConfig.__dataclass_fields__
+            for name in ("layered_prefill_groups", "layered_prefill_group_tokens"):
+                if getattr(self, name) != defaults[name].default:
+                    raise LayeredConfigError(
+                        f"--{name.replace('_', '-')} has no effect without --enable-layered-prefill")
         if self.layered_prefill_trace is not None:
             parent = os.path.dirname(os.path.abspath(self.layered_prefill_trace))
             if not os.path.isdir(parent):
