@@ -30,7 +30,7 @@ def model_path():
 def stock_reference(model_path):
     """Greedy outputs of stock SGLang (chunked prefill disabled, plugin installed but off), per model."""
     import sgl_layered
-    from workload import prompts, run_staggered
+    from workload import LOGPROB_PROMPT, greedy, prompts, run_staggered
 
     def get(name):
         if name not in _REFERENCE:
@@ -40,9 +40,12 @@ def stock_reference(model_path):
                 outputs = run_staggered(engine, prompts())
                 completion = engine.generate(prompt="the layer of the expert", sampling_params={
                     "max_new_tokens": 12, "temperature": 0.0})["text"]
+                logprobs = engine.generate(input_ids=LOGPROB_PROMPT, sampling_params=greedy(8), return_logprob=True,
+                                           logprob_start_len=0, top_logprobs_num=2)["meta_info"]
             finally:
                 engine.shutdown()
-            _REFERENCE[name] = {"outputs": outputs, "completion": completion, "scheduler_info": info}
+            _REFERENCE[name] = {"outputs": outputs, "completion": completion, "logprobs": logprobs,
+                                "scheduler_info": info}
         return _REFERENCE[name]
 
     return get

@@ -14,7 +14,7 @@ from sgl_layered.core.partition import paper_group_count
 from sgl_layered.models import get_preset
 from server import Server
 from trace_checks import check_layered_schedule, read
-from workload import MAX_NEW_TOKENS, greedy, prompts
+from workload import LOGPROB_PROMPT, MAX_NEW_TOKENS, greedy, prompts
 
 
 def test_launch_server_help_lists_our_flags():
@@ -62,6 +62,12 @@ def test_server_matches_stock(model, groups, model_path, stock_reference, tmp_pa
         assert r["output_ids"] == want[:first + 1]
         assert r["meta_info"]["finish_reason"]["type"] == "stop"
 
+        # Logprobs of the prompt and of the sampled tokens come from the cohort's own logits.
+        r = requests.post(server.url + "/generate", timeout=300, json={
+            "input_ids": LOGPROB_PROMPT, "sampling_params": greedy(8), "return_logprob": True,
+            "logprob_start_len": 0, "top_logprobs_num": 2}).json()["meta_info"]
+        _assert_logprobs_close(r, reference["logprobs"])
+
         # OpenAI-compatible endpoints.
         r = requests.post(server.url + "/v1/completions", timeout=300, json={
             "model": "m", "prompt": "the layer of the expert", "max_tokens": 12, "temperature": 0}).json()
@@ -80,3 +86,13 @@ def test_server_matches_stock(model, groups, model_path, stock_reference, tmp_pa
         return paper_group_count(tokens, num_layers) if groups == "auto" else int(groups)
 
     assert check_layered_schedule(read(trace), num_layers, expected) >= 5
+
+
+def _assert_logprobs_close(got, want, tol=1e-4):
+    for key in ("input_token_logprobs", "output_token_logprobs"):
+        assert len(got[key]) == len(want[key]) > 0, key
+        for (lp_a, tok_a, *_), (lp_b, tok_b, *_) in zip(got[key], want[key]):
+            assert tok_a == tok_b
+            assert (lp_a is None and lp_b is None) or abs(lp_a - lp_b) < tol, (key, lp_a, lp_b)
+    assert [[t for _, t, *_ in top] for top in got["output_top_logprobs"]] == \
+        [[t for _, t, *_ in top] for top in want["output_top_logprobs"]]

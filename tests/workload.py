@@ -8,12 +8,21 @@ import random
 # 18 prompt lengths from 1 token to ~1500, several not divisible by 2, 3 or 5.
 PROMPT_LENGTHS = [1, 2, 7, 31, 64, 97, 128, 255, 301, 511, 513, 700, 777, 1001, 1024, 1199, 1300, 1499]
 MAX_NEW_TOKENS = 24
+LOGPROB_PROMPT = list(range(100, 400))  # 300 tokens: several layer groups under any setting
+
+
+# Two more prompts reuse earlier ones as prefixes, so the radix cache shortens their layered prefill.
+PREFIX_SHARING = {18: (9, 100), 19: (13, 37)}  # index: (prompt whose tokens it starts with, new tokens)
 
 
 def prompts(vocab_size: int = 2048, seed: int = 1234, lengths=PROMPT_LENGTHS) -> list:
     """Seeded random token-id prompts (ids below the chat markers, which sit at the top of the vocab)."""
     rng = random.Random(seed)
-    return [[rng.randrange(0, vocab_size - 3) for _ in range(n)] for n in lengths]
+    out = [[rng.randrange(0, vocab_size - 3) for _ in range(n)] for n in lengths]
+    for index, (base, extra) in sorted(PREFIX_SHARING.items()):
+        assert index == len(out)
+        out.append(out[base] + [rng.randrange(0, vocab_size - 3) for _ in range(extra)])
+    return out
 
 
 def greedy(max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
@@ -23,12 +32,13 @@ def greedy(max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
 async def _staggered(engine, ids_list, gap_s: float):
     async def one(i, ids):
         await asyncio.sleep(i * gap_s)
-        out = await engine.async_generate(input_ids=ids, sampling_params=greedy())
-        return out["output_ids"]
+        return await engine.async_generate(input_ids=ids, sampling_params=greedy())
 
     return await asyncio.gather(*(one(i, ids) for i, ids in enumerate(ids_list)))
 
 
-def run_staggered(engine, ids_list, gap_s: float = 0.15) -> list:
-    """Submit prompts one after another so later prefills arrive while earlier requests decode."""
-    return engine.loop.run_until_complete(_staggered(engine, ids_list, gap_s))
+def run_staggered(engine, ids_list, gap_s: float = 0.15, full: bool = False) -> list:
+    """Submit prompts one after another so later prefills arrive while earlier requests decode.
+    Returns output token ids (or the full responses with `full`)."""
+    outs = engine.loop.run_until_complete(_staggered(engine, ids_list, gap_s))
+    return outs if full else [o["output_ids"] for o in outs]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+
+import torch
 from dataclasses import dataclass
 from typing import Optional
 
@@ -111,7 +113,10 @@ class LayeredRuntime:
     def _sample_first_tokens(self, cohort: Cohort) -> GenerationBatchResult:
         batch, fb, logits = cohort.batch, cohort.forward_batch, cohort.logits
         result = GenerationBatchResult(logits_output=logits, can_run_cuda_graph=False)
-        result.next_token_ids = self.model_runner.sample(logits, fb)
+        if fb.is_prefill_only:  # scoring requests: SGLang returns placeholder ids and no sampling
+            result.next_token_ids = torch.zeros(len(fb.seq_lens), dtype=torch.long, device=fb.input_ids.device)
+        else:
+            result.next_token_ids = self.model_runner.sample(logits, fb)
         if batch.return_logprob or batch.return_hidden_states:
             result.extend_input_len_per_req = list(batch.extend_lens)
         if batch.return_logprob:

@@ -1,6 +1,6 @@
 """Per-iteration trace: one JSON line per forward iteration, in layered and in stock modes alike.
 
-Fields: iter, start / forward_end / end (wall-clock seconds: forward launched, forward returned, results
+Fields: iter, start / forward_end / end (wall-clock seconds: batch launched, run_batch returned, results
 processed), mode, decode_rows, and prefill: one entry per prompt piece with its request ids, new-token
 count and the layer range [start, end) it ran ([0, num_layers) for a stock prefill or chunk); finished:
 ids of the requests that finished in this iteration.
@@ -8,9 +8,9 @@ ids of the requests that finished in this iteration.
 
 from __future__ import annotations
 
+import collections
 import json
 import time
-from typing import Optional
 
 
 def describe_stock_batch(batch, num_layers: int) -> dict:
@@ -39,25 +39,30 @@ def describe_layered(iteration) -> dict:
 
 
 class TraceWriter:
+    """Records are opened when a batch is launched and written when its results are processed. SGLang's
+    overlap loop processes a batch's results after launching the next one, always in launch order, so open
+    records wait in a FIFO queue."""
+
     def __init__(self, path: str, num_layers: int):
         self.num_layers = num_layers
         self._file = open(path, "a", buffering=1)
-        self._pending: Optional[dict] = None
+        self._open = collections.deque()
 
     def begin(self, iteration_no: int, summary: dict) -> None:
-        self._pending = {"iter": iteration_no, "start": time.time(), "num_layers": self.num_layers, **summary}
+        self._open.append({"iter": iteration_no, "start": time.time(), "num_layers": self.num_layers, **summary})
 
     def forward_done(self) -> None:
-        if self._pending is not None:
-            self._pending["forward_end"] = time.time()
+        """run_batch returned (on a GPU with the overlap loop: the forward was launched, not finished)."""
+        if self._open:
+            self._open[-1]["forward_end"] = time.time()
 
     def end(self, finished=()) -> None:
-        if self._pending is None:
+        if not self._open:
             return
-        self._pending["end"] = time.time()
-        self._pending["finished"] = list(finished)
-        self._file.write(json.dumps(self._pending) + "\n")
-        self._pending = None
+        record = self._open.popleft()
+        record["end"] = time.time()
+        record["finished"] = list(finished)
+        self._file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
         self._file.close()
