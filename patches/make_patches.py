@@ -150,6 +150,18 @@ def main(out_dir: Path = HERE) -> None:
                  '        # Disable for token embedding overrides (dynamic per-request)\n'),
             ]),
         ],
+        "0006-moe-routing-accounting.patch": [
+            edit("sglang/srt/layers/moe/topk.py", [
+                ('    return StandardTopKOutput(topk_weights, topk_ids, router_logits)\n\n\n'
+                 'def precomputed_topk_postprocess_is_noop(',
+                 '    from sglang.srt.layered_prefill import observe_routing\n\n'
+                 '    # Expert-load accounting and the opt-in calibrated routing (no-op unless enabled).\n'
+                 '    return observe_routing(\n'
+                 '        StandardTopKOutput(topk_weights, topk_ids, router_logits), router_logits, layer_id\n'
+                 '    )\n\n\n'
+                 'def precomputed_topk_postprocess_is_noop('),
+            ]),
+        ],
     }
     if sorted(specs) != sorted(entry["patch"] for entry in catalog):
         raise SystemExit("patches/catalog.json and make_patches.py name different patches")

@@ -70,8 +70,9 @@ def test_cli_rejects_before_spawning(model_path):
 
 def test_unapplied_scheduler_hooks_refuse_to_start():
     # In this test process no SGLang launch applied the scheduler hooks: verification must name them all.
+    config = LayeredConfig(enable_layered_prefill=True, layered_prefill_routing="calibrated")
     with pytest.raises(hooks.HookNotApplied) as err:
-        hooks.verify(hooks.SCHEDULER)
+        hooks.verify(hooks.SCHEDULER, config)
     for hook in hooks.HOOKS:
         if hook.process == hooks.SCHEDULER:
             assert hook.target in str(err.value)

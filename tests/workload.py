@@ -30,11 +30,17 @@ def greedy(max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
 
 
 async def _staggered(engine, ids_list, gap_s: float):
+    tasks = []
+
     async def one(i, ids):
         await asyncio.sleep(i * gap_s)
+        if i in PREFIX_SHARING:  # its prefix must be in the radix cache: wait until that request is done
+            await tasks[PREFIX_SHARING[i][0]]
         return await engine.async_generate(input_ids=ids, sampling_params=greedy())
 
-    return await asyncio.gather(*(one(i, ids) for i, ids in enumerate(ids_list)))
+    for i, ids in enumerate(ids_list):
+        tasks.append(asyncio.ensure_future(one(i, ids)))
+    return await asyncio.gather(*tasks)
 
 
 def run_staggered(engine, ids_list, gap_s: float = 0.15, full: bool = False) -> list:

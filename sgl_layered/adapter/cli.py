@@ -16,11 +16,12 @@ def add_cli_args_hook(result, parser):
 
 def from_cli_args_hook(original, cls, namespace):
     config = settings.config_from_namespace(namespace)
-    if config.enable_layered_prefill:
+    if config.needs_plugin:
         from . import hooks
 
         hooks.verify(hooks.MAIN)
         settings.validate_launch(config, lambda name: getattr(namespace, name, None))
+    if config.enable_layered_prefill:
         for name, value in settings.forced_server_settings().items():
             setattr(namespace, name, value)
         settings.log_forced_settings()

@@ -15,11 +15,11 @@ class Engine(SGLangEngine):
 
     def __init__(self, **kwargs):
         config = settings.pop_config_kwargs(kwargs)
+        if config.needs_plugin and "server_args" in kwargs:
+            raise settings.LayeredConfigError(
+                "pass SGLang settings as keyword arguments, not server_args=, with sgl-layered settings")
+        settings.validate_launch(config, kwargs.get)
         if config.enable_layered_prefill:
-            if "server_args" in kwargs:
-                raise settings.LayeredConfigError(
-                    "pass SGLang settings as keyword arguments, not server_args=, with enable_layered_prefill")
-            settings.validate_launch(config, kwargs.get)
             kwargs.update(settings.forced_server_settings())
             settings.log_forced_settings()
         self.layered_config: LayeredConfig = config

@@ -23,6 +23,7 @@ from sglang.srt.runtime_context import get_model
 
 from sgl_layered.runtime.stash import Activations, join, split
 
+from . import experts
 from .archs import layer_stack
 from .attention import RowSplitAttention
 from .views import fused_view
@@ -41,6 +42,12 @@ def active(prompt_pass: "PromptPass"):
         yield prompt_pass
     finally:
         _ACTIVE = None
+
+
+def _decode_tail(rows: int):
+    """Tell expert accounting (when on) that the last `rows` rows of this layer's MoE call are decode rows."""
+    ledger = experts.ledger()
+    return ledger.layout(rows) if ledger is not None else contextlib.nullcontext()
 
 
 def is_active() -> bool:
@@ -94,7 +101,8 @@ class PromptPass:
             raise RuntimeError(f"layered pass expected a decode forward, got {forward_batch.forward_mode}")
         if i == self.start:
             hidden = self._join(hidden, forward_batch)
-        with forward_context(ForwardContext(attn_backend=self.attention), forward_batch=self.view):
+        with forward_context(ForwardContext(attn_backend=self.attention), forward_batch=self.view), \
+                _decode_tail(forward_batch.batch_size):
             out = original(layer, self.view.positions, hidden, self.view, *args, **kwargs)
         self.ran.append(i)
         if i == self.end - 1:

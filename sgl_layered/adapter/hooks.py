@@ -26,6 +26,10 @@ class Hook:
     impl: str  # "module:attribute" of our hook function or replacement class
     process: str  # MAIN or SCHEDULER
     why: str
+    only_for_experts: bool = False  # installed only with expert accounting or a routing override
+
+    def wanted(self, config) -> bool:
+        return not self.only_for_experts or (config is not None and config.needs_expert_hook)
 
 
 HOOKS: tuple = (
@@ -50,6 +54,9 @@ HOOKS: tuple = (
          "AROUND", "sgl_layered.adapter.cli:no_graph_during_layered_pass", SCHEDULER,
          "iterations carrying a layered pass run eager (a graph replay would skip the spliced rows); "
          "decode-only iterations keep SGLang's decode CUDA graph"),
+    Hook("sglang.srt.layers.moe.topk.select_experts", "AROUND", "sgl_layered.adapter.experts:select_experts_hook",
+         SCHEDULER, "count distinct experts per MoE layer per forward (expert-load accounting) and apply the "
+                    "opt-in calibrated routing for random-weight benchmark models", only_for_experts=True),
 )
 
 
@@ -85,12 +92,12 @@ def resolve_impl(hook: Hook):
     return getattr(importlib.import_module(module), attr)
 
 
-def register(process: str) -> None:
+def register(process: str, config=None) -> None:
     """Register the table's hooks for `process` with SGLang's registry (SGLang applies them afterwards)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     for hook in HOOKS:
-        if hook.process == process:
+        if hook.process == process and hook.wanted(config):
             HookRegistry.register(hook.target, resolve_impl(hook), HookType[hook.kind])
 
 
@@ -108,14 +115,15 @@ def applied(hook: Hook) -> bool:
     return getattr(live, "__wrapped__", None) is not None
 
 
-def verify(process: str) -> list:
-    missing = [h.target for h in HOOKS if h.process == process and not applied(h)]
+def verify(process: str, config=None) -> list:
+    wanted = [h for h in HOOKS if h.process == process and h.wanted(config)]
+    missing = [h.target for h in wanted if not applied(h)]
     if missing:
         raise HookNotApplied(
             "sgl-layered refuses to start: SGLang did not apply the hook(s) " + ", ".join(missing) +
             " (the pinned SGLang seam may have moved; see patches/CATALOG.md)")
-    return [h.target for h in HOOKS if h.process == process]
+    return [h.target for h in wanted]
 
 
-def verify_scheduler_hooks() -> list:
-    return verify(SCHEDULER)
+def verify_scheduler_hooks(config) -> list:
+    return verify(SCHEDULER, config)

@@ -35,7 +35,7 @@ def register() -> None:
     try:
         if config.enable_layered_prefill:
             settings.check_version()
-        hooks.register(hooks.SCHEDULER)
+        hooks.register(hooks.SCHEDULER, config)
     except Exception:
         logger.exception("sgl-layered: cannot install its hooks; refusing to start")
         raise SystemExit(1)  # SGLang's plugin loader swallows Exceptions; this one stops the child

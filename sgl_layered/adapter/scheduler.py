@@ -12,13 +12,13 @@ import logging
 
 from sglang.srt.managers.schedule_batch import NextBatchPlan
 from sglang.srt.managers.scheduler import Scheduler
-from sglang.srt.runtime_context import get_parallel
+from sglang.srt.runtime_context import get_observability, get_parallel
 
 from sgl_layered.core.config import LayeredConfig, LayeredConfigError
 
 from . import hooks
 from .layered_step import LayeredResult, LayeredRuntime
-from .trace import TraceWriter, describe_layered, describe_stock_batch
+from .observer import IterationObserver
 
 logger = logging.getLogger("sgl_layered")
 
@@ -28,18 +28,18 @@ class LayeredScheduler(Scheduler):
         self._sgl_layered_config = LayeredConfig.from_env() or LayeredConfig()
         self._layered = None
         self._layered_iteration = None
-        self._trace = None
+        self._observer = None
         super().__init__(*args, **kwargs)
-        self._sgl_layered_hooks = hooks.verify_scheduler_hooks()
         cfg = self._sgl_layered_config
+        self._sgl_layered_hooks = hooks.verify_scheduler_hooks(cfg)
         if cfg.enable_layered_prefill:
             self._check_resolved_settings()
             self._layered = LayeredRuntime(self, cfg)
             logger.info("layered prefill on: groups=%s (group tokens %d), %d layers",
                         cfg.layered_prefill_groups, cfg.layered_prefill_group_tokens, self._layered.num_layers)
-        if cfg.layered_prefill_trace and get_parallel().tp_rank == 0:
-            layers = int(self.tp_worker.model_runner.model_config.num_hidden_layers)
-            self._trace = TraceWriter(cfg.layered_prefill_trace, layers)
+        if cfg.layered_prefill_trace or cfg.needs_expert_hook:
+            self._observer = IterationObserver(cfg, self.tp_worker.model_runner,
+                                               get_observability().enable_metrics)
 
     def _check_resolved_settings(self) -> None:
         """Re-check, on SGLang's resolved settings, what the launcher checked on the user's input."""
@@ -94,16 +94,14 @@ class LayeredScheduler(Scheduler):
     # -- execution ----------------------------------------------------------------------------------
     def run_batch(self, batch, *args, **kwargs):
         iteration = self._layered_iteration
-        if self._trace is not None:
-            summary = (describe_layered(iteration) if iteration is not None
-                       else describe_stock_batch(batch, self._trace.num_layers))
-            self._trace.begin(self.forward_ct + 1, summary)
+        if self._observer is not None:
+            self._observer.begin(self.forward_ct + 1, batch, iteration)
         if iteration is None:
             result = super().run_batch(batch, *args, **kwargs)
         else:
             result = self._layered.run(iteration, super().run_batch)
-        if self._trace is not None:
-            self._trace.forward_done()
+        if self._observer is not None:
+            self._observer.forward_done()
         return result
 
     def process_batch_result(self, batch, result):
@@ -120,8 +118,8 @@ class LayeredScheduler(Scheduler):
         else:
             super().process_batch_result(batch, result)
             processed.append(batch)
-        if self._trace is not None:
-            self._trace.end(finished=[r.rid for b in processed for r in b.reqs if r.finished()])
+        if self._observer is not None:
+            self._observer.end(processed)
 
     # -- bookkeeping SGLang does over "all in-flight requests" must see the cohort too ---------------
     def _collect_inflight_batches(self):

@@ -14,7 +14,7 @@ from dataclasses import fields
 from typing import Any, Callable, Optional
 
 from sgl_layered import SGLANG_PIN
-from sgl_layered.core.config import ENV_VAR, LayeredConfig, LayeredConfigError
+from sgl_layered.core.config import ENV_VAR, ROUTINGS, LayeredConfig, LayeredConfigError
 
 from .archs import SUPPORTED, unsupported_message
 
@@ -30,6 +30,13 @@ _HELP = {
     "layered_prefill_trace": "Write one JSON line per forward iteration (times, decode rows, prefill pieces "
                              "with request ids, token counts and layer ranges) to this file. Works with "
                              "layered prefill on or off.",
+    "layered_prefill_expert_accounting": "Count distinct experts per MoE layer per forward and the expert-weight "
+                                         "bytes they imply, in the trace and (with --enable-metrics) as "
+                                         "Prometheus counters. Works with layered prefill on or off.",
+    "layered_prefill_routing": "Expert routing: 'model' (the checkpoint's router), 'calibrated' (Zipf-skewed "
+                               "routing reproducing trained-router coverage, for random-weight benchmark models; "
+                               "changes outputs), 'forced-rows' (for accounting tests).",
+    "layered_prefill_routing_alpha": "Zipf exponent of --layered-prefill-routing calibrated.",
 }
 
 
@@ -43,6 +50,12 @@ def add_flags(parser) -> None:
                        default=defaults.layered_prefill_group_tokens, help=_HELP["layered_prefill_group_tokens"])
     group.add_argument("--layered-prefill-trace", type=str, default=defaults.layered_prefill_trace,
                        metavar="PATH", help=_HELP["layered_prefill_trace"])
+    group.add_argument("--layered-prefill-expert-accounting", action="store_true",
+                       help=_HELP["layered_prefill_expert_accounting"])
+    group.add_argument("--layered-prefill-routing", type=str, default=defaults.layered_prefill_routing,
+                       choices=ROUTINGS, help=_HELP["layered_prefill_routing"])
+    group.add_argument("--layered-prefill-routing-alpha", type=float,
+                       default=defaults.layered_prefill_routing_alpha, help=_HELP["layered_prefill_routing_alpha"])
 
 
 def config_from_namespace(namespace) -> LayeredConfig:
@@ -118,12 +131,16 @@ def check_model(model_path: str, trust_remote_code: bool, config: LayeredConfig)
 
 def validate_launch(config: LayeredConfig, value_of: Callable[[str], Any]) -> None:
     """All checks that can run before SGLang spawns anything."""
-    if not config.enable_layered_prefill:
+    if not config.needs_plugin:
         return
     check_version()
-    check_combinations(value_of)
+    if config.layered_prefill_expert_accounting and not (config.layered_prefill_trace or value_of("enable_metrics")):
+        raise LayeredConfigError("--layered-prefill-expert-accounting needs --layered-prefill-trace or "
+                                 "--enable-metrics to report to")
+    if config.enable_layered_prefill:
+        check_combinations(value_of)
     model_path = value_of("model_path")
-    if model_path:
+    if model_path and (config.enable_layered_prefill or config.needs_expert_hook):
         check_model(model_path, bool(value_of("trust_remote_code")), config)
 
 

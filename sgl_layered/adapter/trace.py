@@ -2,8 +2,10 @@
 
 Fields: iter, start / forward_end / end (wall-clock seconds: batch launched, run_batch returned, results
 processed), mode, decode_rows, and prefill: one entry per prompt piece with its request ids, new-token
-count and the layer range [start, end) it ran ([0, num_layers) for a stock prefill or chunk); finished:
-ids of the requests that finished in this iteration.
+count (and per request, req_tokens) and the layer range [start, end) it ran ([0, num_layers) for a stock
+prefill or chunk); finished: ids of the requests that finished in this iteration. With expert accounting:
+experts (per-layer rows / distinct experts, loaded and prompt-attributable bytes) and, per piece,
+expert_bytes (its share of the prompt-attributable bytes).
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ def describe_stock_batch(batch, num_layers: int) -> dict:
     if mode.is_mixed():
         decoding = set(id(r) for r in (batch.decoding_reqs or []))
         prompt = [r for r in batch.reqs if id(r) not in decoding]
+        lens = [n for r, n in zip(batch.reqs, batch.extend_lens) if id(r) not in decoding]
         return {"mode": "mixed", "decode_rows": len(decoding), "prefill": [{
-            "rids": [r.rid for r in prompt], "tokens": int(batch.extend_num_tokens) - len(decoding),
+            "rids": [r.rid for r in prompt], "tokens": int(sum(lens)), "req_tokens": lens,
             "layers": [0, num_layers]}]}
     if mode.is_extend():
         return {"mode": "prefill", "decode_rows": 0, "prefill": [{
             "rids": [r.rid for r in batch.reqs], "tokens": int(batch.extend_num_tokens),
-            "layers": [0, num_layers]}]}
+            "req_tokens": [int(n) for n in batch.extend_lens], "layers": [0, num_layers]}]}
     return {"mode": str(mode.name).lower(), "decode_rows": 0, "prefill": []}
 
 
@@ -34,7 +37,8 @@ def describe_layered(iteration) -> dict:
     piece, cohort = iteration.piece, iteration.cohort
     rows = iteration.decode_batch.batch_size() if iteration.decode_batch is not None else 0
     return {"mode": "layered", "decode_rows": rows, "prefill": [{
-        "rids": cohort.rids, "tokens": piece.tokens, "layers": list(piece.layers),
+        "rids": cohort.rids, "tokens": piece.tokens, "req_tokens": [int(n) for n in cohort.batch.extend_lens],
+        "layers": list(piece.layers),
         "cohort": cohort.cohort_id, "final": piece.final}]}
 
 
@@ -56,12 +60,13 @@ class TraceWriter:
         if self._open:
             self._open[-1]["forward_end"] = time.time()
 
-    def end(self, finished=()) -> None:
+    def end(self, finished=(), **extra) -> None:
         if not self._open:
             return
         record = self._open.popleft()
         record["end"] = time.time()
         record["finished"] = list(finished)
+        record.update(extra)
         self._file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Optional, Union
 
 ENV_VAR = "SGL_LAYERED_CONFIG"  # carries the settings from the launching process into SGLang's children
+ROUTINGS = ("model", "calibrated", "forced-rows")
 
 
 class LayeredConfigError(ValueError):
@@ -25,6 +26,15 @@ class LayeredConfig:
     layered_prefill_group_tokens: int = 512
     # Write one JSON line per forward iteration to this file (any mode, layered or not).
     layered_prefill_trace: Optional[str] = None
+    # Count, per forward and MoE layer, the distinct experts the rows touched and the expert-weight bytes that
+    # implies (any mode); reported in the trace and, with SGLang's --enable-metrics, as Prometheus counters.
+    layered_prefill_expert_accounting: bool = False
+    # Expert routing: "model" (the checkpoint's router), "calibrated" (a documented Zipf-skewed, token-dependent
+    # routing reproducing trained-router coverage, for random-weight benchmark models; changes outputs), or
+    # "forced-rows" (row r uses experts (r*k + j) mod E; for exact accounting tests).
+    layered_prefill_routing: str = "model"
+    # Zipf exponent of the calibrated routing (see sgl_layered/adapter/experts.py for the calibration).
+    layered_prefill_routing_alpha: float = 1.3
 
     def __post_init__(self):
         groups = self.layered_prefill_groups
@@ -47,12 +57,21 @@ class LayeredConfig:
             raise LayeredConfigError(
                 "--layered-prefill-group-tokens must be a positive integer, "
                 f"got {self.layered_prefill_group_tokens!r}")
-        if not self.enable_layered_prefill:
-            defaults = LayeredConfig.__dataclass_fields__
-            for name in ("layered_prefill_groups", "layered_prefill_group_tokens"):
-                if getattr(self, name) != defaults[name].default:
-                    raise LayeredConfigError(
-                        f"--{name.replace('_', '-')} has no effect without --enable-layered-prefill")
+        if self.layered_prefill_routing not in ROUTINGS:
+            raise LayeredConfigError(
+                f"--layered-prefill-routing must be one of {', '.join(ROUTINGS)}, got {self.layered_prefill_routing!r}")
+        if not (isinstance(self.layered_prefill_routing_alpha, (int, float)) and self.layered_prefill_routing_alpha > 0):
+            raise LayeredConfigError(
+                f"--layered-prefill-routing-alpha must be > 0, got {self.layered_prefill_routing_alpha!r}")
+        # Nothing is silently ignored: a knob set away from its default needs the setting it tunes.
+        for name, (enabled, needed) in {
+            "layered_prefill_groups": (self.enable_layered_prefill, "--enable-layered-prefill"),
+            "layered_prefill_group_tokens": (self.enable_layered_prefill, "--enable-layered-prefill"),
+            "layered_prefill_routing_alpha": (self.layered_prefill_routing == "calibrated",
+                                              "--layered-prefill-routing calibrated"),
+        }.items():
+            if not enabled and getattr(self, name) != LayeredConfig.__dataclass_fields__[name].default:
+                raise LayeredConfigError(f"--{name.replace('_', '-')} has no effect without {needed}")
         if self.layered_prefill_trace is not None:
             parent = os.path.dirname(os.path.abspath(self.layered_prefill_trace))
             if not os.path.isdir(parent):
@@ -66,7 +85,13 @@ class LayeredConfig:
     @property
     def needs_plugin(self) -> bool:
         """Whether SGLang's scheduler processes need our hooks at all."""
-        return self.enable_layered_prefill or self.layered_prefill_trace is not None
+        return (self.enable_layered_prefill or self.layered_prefill_trace is not None
+                or self.needs_expert_hook)
+
+    @property
+    def needs_expert_hook(self) -> bool:
+        """Whether the router hook must run (it never does otherwise)."""
+        return self.layered_prefill_expert_accounting or self.layered_prefill_routing != "model"
 
     def check_layers(self, num_layers: int) -> None:
         fixed = self.fixed_groups

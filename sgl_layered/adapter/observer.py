@@ -1,0 +1,78 @@
+"""What the scheduler records per iteration: the trace, expert-load accounting, Prometheus counters."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from sglang.srt.runtime_context import get_parallel
+
+from sgl_layered.core.config import LayeredConfig
+
+from . import experts
+from .trace import TraceWriter, describe_layered, describe_stock_batch
+
+logger = logging.getLogger("sgl_layered")
+
+
+class IterationObserver:
+    def __init__(self, config: LayeredConfig, model_runner, enable_metrics: bool):
+        self.num_layers = int(model_runner.model_config.num_hidden_layers)
+        tp_size = get_parallel().tp_size
+        self.trace: Optional[TraceWriter] = None
+        if config.layered_prefill_trace and get_parallel().tp_rank == 0:
+            self.trace = TraceWriter(config.layered_prefill_trace, self.num_layers)
+        ledger = None
+        if config.layered_prefill_expert_accounting:
+            ledger = experts.ExpertLedger(experts.bytes_per_expert(model_runner.model, tp_size),
+                                          config.layered_prefill_routing)
+        if config.needs_expert_hook:
+            experts.configure(ledger, config.layered_prefill_routing, config.layered_prefill_routing_alpha)
+        if config.layered_prefill_routing != "model":
+            logger.warning("sgl-layered: expert routing is overridden (%s): outputs are not the model's own; "
+                           "use this only for traffic/timing benchmarks", config.layered_prefill_routing)
+        self.ledger = ledger
+        self.metrics = None
+        if ledger is not None and enable_metrics and get_parallel().tp_rank == 0:
+            from .metrics import ExpertCounters
+
+            self.metrics = ExpertCounters()
+        self._summaries = []
+
+    def begin(self, iteration_no: int, batch, layered_iteration) -> None:
+        summary = (describe_layered(layered_iteration) if layered_iteration is not None
+                   else describe_stock_batch(batch, self.num_layers))
+        if self.ledger is not None:
+            # Which trailing rows of this forward's MoE calls are decode rows (the fused pass refines it).
+            # Decode and layered iterations are decode forwards (the fused layers set their own split);
+            # a stock mixed batch ends with its decode rows; a prefill has none.
+            rows = summary["decode_rows"]
+            self.ledger.decode_tail = (experts.ALL if rows else 0) if summary["mode"] in ("decode", "layered") \
+                else rows
+        if self.trace is not None:
+            self.trace.begin(iteration_no, summary)
+        self._summaries.append(summary)
+
+    def forward_done(self) -> None:
+        if self.trace is not None:
+            self.trace.forward_done()
+
+    def end(self, processed_batches) -> None:
+        summary = self._summaries.pop(0) if self._summaries else {"prefill": []}
+        extra = {}
+        if self.ledger is not None:
+            accounted = self.ledger.take()
+            extra["experts"] = accounted
+            _attribute(summary["prefill"], accounted["prefill_bytes"])
+            if self.metrics is not None:
+                self.metrics.add(accounted, sum(p["tokens"] for p in summary["prefill"]))
+        if self.trace is not None:
+            finished = [r.rid for b in processed_batches for r in b.reqs if r.finished()]
+            self.trace.end(finished=finished, **extra)
+
+
+def _attribute(pieces, prefill_bytes: int) -> None:
+    """Split an iteration's prompt-attributable expert bytes over its prefill pieces by token count."""
+    tokens = sum(p["tokens"] for p in pieces)
+    for p in pieces:
+        p["expert_bytes"] = prefill_bytes * p["tokens"] / tokens if tokens else 0
