@@ -1,0 +1,210 @@
+"""Layered prefill vs SGLang's chunked prefill, side by side in one run: latency, SLO and expert traffic.
+
+    .venv/bin/python benchmarks/ablation.py            # default sweep (CPU, bench-size model, ~20 min)
+    .venv/bin/python benchmarks/ablation.py --quick    # CI smoke run (tiny model, a minute or two)
+
+For each routing (the model's own, and the calibrated one) and mode (SGLang default, chunked + mixed at 512
+and 2048, layered auto, layered with fixed G), one SGLang server serves every workload (ShareGPT-like and
+arXiv-like lengths, scaled down for CPU) at each request rate, with the same seeded prompts and Poisson
+arrivals for every mode. Each run records SGLang's own client timings and the server's per-iteration trace
+with expert accounting. Writes results.json, results.csv and PNG plots into the output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from sgl_layered import cpu  # noqa: E402
+from sgl_layered.analysis import expert_traffic, latency, workloads  # noqa: E402
+
+MODES: Dict[str, List[str]] = {
+    "sglang-default": [],
+    "chunked-512": ["--enable-mixed-chunk", "--chunked-prefill-size", "512"],
+    "chunked-2048": ["--enable-mixed-chunk", "--chunked-prefill-size", "2048"],
+    "layered-auto": ["--enable-layered-prefill"],
+    "layered-G2": ["--enable-layered-prefill", "--layered-prefill-groups", "2"],
+    "layered-G4": ["--enable-layered-prefill", "--layered-prefill-groups", "4"],
+    "layered-G8": ["--enable-layered-prefill", "--layered-prefill-groups", "8"],
+}
+
+
+@dataclass
+class Plan:
+    model: str
+    routings: Dict[str, List[str]]  # routing -> modes
+    rates: Dict[str, List[float]]  # workload -> request rates (req/s)
+    requests: int  # per run
+    prompt_scale: float
+    output_scale: float
+    slo: Dict[str, List[float]]  # workload -> [TTFT s, token gap s]
+    max_total_tokens: int = 65536
+    max_concurrency: int = 32
+    seed: int = 0
+    quick: bool = False
+    sweep_rates_for: List[str] = field(default_factory=list)  # modes run at every rate; others at the first
+
+
+def default_plan() -> Plan:
+    main = ["sglang-default", "chunked-512", "chunked-2048", "layered-auto"]
+    return Plan(
+        model="bench-qwen3-moe",
+        routings={"model": main + ["layered-G2", "layered-G4", "layered-G8"],
+                  "calibrated": ["chunked-512", "layered-auto"]},
+        rates={"sharegpt-like": [0.6, 1.2], "arxiv-like": [0.3, 0.6]},
+        requests=12, prompt_scale=1 / 8, output_scale=1 / 16,
+        slo={"sharegpt-like": [6.0, 1.0], "arxiv-like": [15.0, 1.0]},
+        sweep_rates_for=main)
+
+
+def quick_plan() -> Plan:
+    return Plan(
+        model="tiny-qwen3-moe",
+        routings={"model": ["chunked-512", "layered-auto"], "calibrated": ["layered-auto"]},
+        rates={"sharegpt-like": [4.0], "arxiv-like": [2.0]},
+        requests=6, prompt_scale=1 / 8, output_scale=1 / 16,
+        slo={"sharegpt-like": [5.0, 0.5], "arxiv-like": [10.0, 0.5]},
+        max_total_tokens=32768, quick=True)
+
+
+def server_args(plan: Plan, mode: str, routing: str, trace: str) -> List[str]:
+    # fp32: on this CPU (AVX-512, no AMX) SGLang's fp32 path is ~1.7x faster than bf16; expert bytes are
+    # accounted in the dtype that actually runs.
+    return [*cpu.server_args(plan.max_total_tokens, "float32"), "--sleep-on-idle", *MODES[mode],
+            "--layered-prefill-trace", trace, "--layered-prefill-expert-accounting",
+            "--layered-prefill-routing", routing]
+
+
+def read_new_rows(path: str, offset: int):
+    with open(path) as f:
+        f.seek(offset)
+        text = f.read()
+        return [json.loads(line) for line in text.splitlines() if line.strip()], f.tell()
+
+
+def run(plan: Plan, out_dir: str) -> dict:
+    from tqdm import tqdm
+
+    from load import make_prompts, run_load
+    from sgl_layered.models import build, get_preset
+    from sgl_layered.serve import ServerProcess
+
+    os.makedirs(out_dir, exist_ok=True)
+    model_path = build(plan.model)
+    vocab = get_preset(plan.model).vocab_size
+    wls = {w.name: w for w in (workloads.sharegpt(plan.prompt_scale, plan.output_scale),
+                                 workloads.arxiv(plan.prompt_scale, plan.output_scale))}
+    jobs = []
+    for routing, modes in plan.routings.items():
+        for mode in modes:
+            for wname, rates in plan.rates.items():
+                for rate in (rates if mode in plan.sweep_rates_for or plan.quick else rates[:1]):
+                    jobs.append((routing, mode, wname, rate))
+    results, traces = [], {}
+    bar = tqdm(total=len(jobs) * plan.requests, desc="requests", unit="req")
+    t_start = time.time()
+    for routing, modes in plan.routings.items():
+        for mode in modes:
+            trace = os.path.join(out_dir, f"trace-{routing}-{mode}.jsonl")
+            open(trace, "w").close()
+            log = os.path.join(out_dir, f"server-{routing}-{mode}.log")
+            with ServerProcess(model_path, server_args(plan, mode, routing, trace), log_path=log) as server:
+                warm = make_prompts([(16, 4)], vocab, seed=999)
+                run_load(server.url, warm, [(16, 4)], [0.0])
+                offset = os.path.getsize(trace)
+                for (r_, m_, wname, rate) in [j for j in jobs if j[0] == routing and j[1] == mode]:
+                    lengths = wls[wname].sample(plan.requests, seed=plan.seed)
+                    prompts = make_prompts(lengths, vocab, seed=plan.seed + 1)
+                    arrivals = workloads.poisson_arrivals(plan.requests, rate, seed=plan.seed + 2)
+                    server.flush_cache()
+                    bar.set_postfix_str(f"{routing}/{mode}/{wname}@{rate}")
+                    records, duration = run_load(server.url, prompts, lengths, arrivals, plan.max_concurrency, bar)
+                    time.sleep(0.5)  # let the last trace lines land
+                    rows, offset = read_new_rows(trace, offset)
+                    ttft_slo, tbt_slo = plan.slo[wname]
+                    results.append({
+                        "routing": routing, "mode": mode, "workload": wname, "rate": rate,
+                        "latency": latency.summarize(records, duration, ttft_slo, tbt_slo),
+                        "experts": expert_traffic.totals(rows),
+                        "iterations": len(rows), "duration_s": duration,
+                    })
+                    traces.setdefault((routing, wname), []).append((len(results) - 1, rows))
+    bar.close()
+    coverage_tables = {}
+    for (routing, wname), items in traces.items():
+        coverage = expert_traffic.Coverage.from_traces(rows for _, rows in items)
+        coverage_tables[f"{routing}/{wname}"] = {str(k): round(v, 2) for k, v in coverage.table().items()}
+        for index, rows in items:
+            results[index]["expert_limit"] = expert_traffic.limit_ratio(rows, coverage)
+    report = {
+        "plan": asdict(plan), "workloads": {n: w.describe() for n, w in wls.items()},
+        "model": plan.model, "commit": _git_commit(), "machine": "CPU (2 cores), see benchmarks/README.md",
+        "wall_time_s": time.time() - t_start, "coverage_U": coverage_tables,
+        "routing_note": "'calibrated' = opt-in Zipf-skewed routing for random-weight models (not the model's own)",
+        "runs": results,
+    }
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    write_csv(report, os.path.join(out_dir, "results.csv"))
+    from plots import make_plots
+
+    make_plots(report, out_dir)
+    return report
+
+
+def write_csv(report: dict, path: str) -> None:
+    rows = []
+    for r in report["runs"]:
+        row = {k: r[k] for k in ("routing", "mode", "workload", "rate", "iterations", "duration_s")}
+        row.update(r["latency"])
+        row.update({f"expert_{k}": v for k, v in r["experts"].items()})
+        row.update({f"limit_{k}": v for k, v in (r.get("expert_limit") or {}).items()})
+        rows.append(row)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=HERE).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny model, few modes and requests (CI)")
+    ap.add_argument("--out", default=None, help="output directory (default benchmarks/results/<quick|default>)")
+    ap.add_argument("--requests", type=int, default=None, help="requests per run")
+    args = ap.parse_args()
+    cpu.apply_env()
+    plan = quick_plan() if args.quick else default_plan()
+    if args.requests:
+        plan.requests = args.requests
+    out = args.out or os.path.join(HERE, "results", "quick" if args.quick else "default")
+    report = run(plan, out)
+    print(f"\nwrote {out}/results.json, results.csv and plots ({report['wall_time_s'] / 60:.1f} min)")
+    for r in report["runs"]:
+        lat, ex, lim = r["latency"], r["experts"], r.get("expert_limit") or {}
+        print(f"{r['routing']:10s} {r['mode']:15s} {r['workload']:13s} rate {r['rate']:<5} "
+              f"TTFT p50 {lat['ttft_p50_s'] or 0:6.2f}s  TBT p99 {lat['tbt_p99_s'] or 0:6.3f}s  "
+              f"SLO {lat['slo_attainment'] or 0:4.0%}  expert MB/prefill-tok "
+              f"{(ex['prefill_bytes_per_token'] or 0) / 1e6:7.3f}  x limit {lim.get('ratio') or 0:5.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""PNG plots of an ablation report: TTFT-TBT Pareto frontier, expert bytes per mode, TTFT and SLO vs rate."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _runs(report, **match):
+    return [r for r in report["runs"] if all(r[k] == v for k, v in match.items())]
+
+
+def _label(report):
+    return f"{report['model']}, CPU, synthetic workloads (commit {report['commit']})"
+
+
+def make_plots(report: dict, out_dir: str) -> list:
+    paths = [pareto(report, out_dir), expert_bytes(report, out_dir), rates(report, out_dir)]
+    return [p for p in paths if p]
+
+
+def pareto(report, out_dir):
+    wls = list(report["plan"]["rates"])
+    fig, axes = plt.subplots(1, len(wls), figsize=(6 * len(wls), 4.5), squeeze=False)
+    for ax, w in zip(axes[0], wls):
+        for mode in report["plan"]["routings"]["model"]:
+            pts = sorted(((r["latency"]["tbt_p99_s"], r["latency"]["ttft_p50_s"], r["rate"])
+                          for r in _runs(report, routing="model", workload=w, mode=mode)
+                          if r["latency"]["tbt_p99_s"] is not None), key=lambda p: p[2])
+            if pts:
+                ax.plot([p[0] * 1e3 for p in pts], [p[1] for p in pts], marker="o", label=mode)
+        ax.set_xlabel("token gap p99 (ms)")
+        ax.set_ylabel("TTFT p50 (s)")
+        ax.set_title(f"{w}: TTFT vs TBT (lower-left is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(_label(report), fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "pareto.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def expert_bytes(report, out_dir):
+    groups = [(w, rt) for rt in report["plan"]["routings"] for w in report["plan"]["rates"]]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.5), squeeze=False)
+    for ax, (w, rt) in zip(axes[0], groups):
+        modes, vals, limits = [], [], []
+        for mode in report["plan"]["routings"][rt]:
+            runs = _runs(report, routing=rt, workload=w, mode=mode)
+            tok = sum(r["experts"]["prefill_tokens"] for r in runs)
+            if not tok:
+                continue
+            modes.append(mode)
+            vals.append(sum(r["experts"]["prefill_bytes"] for r in runs) / tok / 1e6)
+            limits.append(sum((r.get("expert_limit") or {}).get("limit_bytes", 0) for r in runs) / tok / 1e6)
+        xs = range(len(modes))
+        ax.bar(xs, vals, color=["#c44" if m.startswith("layered") else "#48c" for m in modes])
+        ax.scatter(xs, limits, color="k", marker="_", s=400, zorder=3, label="physical limit")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(modes, rotation=40, ha="right", fontsize=7)
+        ax.set_ylabel("expert MB per prefill token")
+        ax.set_title(f"{w}, {rt} routing", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(_label(report), fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "expert_bytes.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def rates(report, out_dir):
+    wls = list(report["plan"]["rates"])
+    fig, axes = plt.subplots(2, len(wls), figsize=(6 * len(wls), 7), squeeze=False)
+    for col, w in enumerate(wls):
+        for mode in report["plan"]["routings"]["model"]:
+            runs = sorted(_runs(report, routing="model", workload=w, mode=mode), key=lambda r: r["rate"])
+            if len(runs) < 1:
+                continue
+            xs = [r["rate"] for r in runs]
+            axes[0][col].plot(xs, [r["latency"]["ttft_p50_s"] for r in runs], marker="o", label=mode)
+            axes[1][col].plot(xs, [100 * (r["latency"]["slo_attainment"] or 0) for r in runs], marker="o", label=mode)
+        axes[0][col].set_title(f"{w}: TTFT p50 vs rate")
+        axes[0][col].set_ylabel("TTFT p50 (s)")
+        axes[1][col].set_ylabel("SLO attainment (%)")
+        axes[1][col].axhline(90, color="gray", ls="--", lw=0.8)
+        for row in (0, 1):
+            axes[row][col].set_xlabel("request rate (req/s)")
+            axes[row][col].grid(alpha=0.3)
+            axes[row][col].legend(fontsize=7)
+    fig.suptitle(_label(report), fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "rates.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

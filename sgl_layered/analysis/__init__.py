@@ -1,0 +1,1 @@
+"""Benchmark analysis (standard library only): workloads, latency/SLO metrics, expert traffic."""

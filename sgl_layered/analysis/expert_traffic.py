@@ -1,0 +1,112 @@
+"""Expert-weight traffic from a trace recorded with --layered-prefill-expert-accounting.
+
+Traffic = distinct experts touched per MoE layer per forward x bytes per expert. The prompt's share of a layer
+call is what its rows add to the decode rows' experts. The physical limit for a prompt of L tokens prefilled
+while B requests decode is N * [U(B+L) - U(B)] * bytes-per-expert, each needed expert loaded once per layer:
+U is the measured coverage, the mean number of distinct experts n rows touch, estimated per layer from the
+observed MoE calls (pool several runs with the same model and routing to cover large n).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import defaultdict
+from typing import Dict, Iterable, List, Tuple
+
+
+def totals(rows: Iterable[dict]) -> dict:
+    loaded = prefill = tokens = 0
+    bytes_per_expert = None
+    for r in rows:
+        acc = r.get("experts")
+        if not acc:
+            continue
+        bytes_per_expert = acc["bytes_per_expert"]
+        loaded += acc["loaded_bytes"]
+        prefill += acc["prefill_bytes"]
+        tokens += sum(p["tokens"] for p in r["prefill"])
+    return {"loaded_bytes": loaded, "prefill_bytes": prefill, "prefill_tokens": tokens,
+            "prefill_bytes_per_token": prefill / tokens if tokens else None, "bytes_per_expert": bytes_per_expert}
+
+
+class Coverage:
+    """U_l(n): mean distinct experts of n rows in layer l, monotone, interpolated in log n."""
+
+    def __init__(self, observations: Dict[int, Dict[int, List[int]]]):
+        self.curves: Dict[int, Tuple[List[int], List[float]]] = {}
+        for layer, by_n in observations.items():
+            ns = sorted(by_n)
+            us, best = [], 0.0
+            for n in ns:
+                best = max(best, sum(by_n[n]) / len(by_n[n]))
+                us.append(best)
+            self.curves[layer] = (ns, us)
+
+    @classmethod
+    def from_traces(cls, traces: Iterable[Iterable[dict]]) -> "Coverage":
+        obs: Dict[int, Dict[int, List[int]]] = defaultdict(lambda: defaultdict(list))
+        for rows in traces:
+            for r in rows:
+                for layer, n, _, distinct, _ in (r.get("experts") or {}).get("layers", []):
+                    if n > 0:
+                        obs[layer][n].append(distinct)
+        return cls(obs)
+
+    def max_rows(self) -> int:
+        return min(ns[-1] for ns, _ in self.curves.values()) if self.curves else 0
+
+    def at(self, layer: int, n: float) -> float:
+        if n <= 0:
+            return 0.0
+        ns, us = self.curves[layer]
+        if n <= ns[0]:
+            return us[0] * n / ns[0]  # U(n) ~ linear below the smallest observation (U(0) = 0)
+        if n >= ns[-1]:
+            return us[-1]  # beyond the largest observation: held at the largest measured coverage
+        i = bisect.bisect_left(ns, n)
+        x0, x1 = math.log(ns[i - 1]), math.log(ns[i])
+        t = (math.log(n) - x0) / (x1 - x0)
+        return us[i - 1] + t * (us[i] - us[i - 1])
+
+    def table(self, sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)) -> Dict[int, float]:
+        """Mean over layers of U(n) at a few sizes (for reports)."""
+        layers = sorted(self.curves)
+        return {n: sum(self.at(l, n) for l in layers) / len(layers) for n in sizes if layers}
+
+    def limit_bytes(self, prompt_tokens: float, decode_rows: float, bytes_per_expert: int) -> float:
+        return bytes_per_expert * sum(self.at(l, decode_rows + prompt_tokens) - self.at(l, decode_rows)
+                                      for l in self.curves)
+
+
+def per_request(rows: Iterable[dict]) -> Dict[str, dict]:
+    """Per request: prefill tokens computed, expert bytes attributed to it, and the mean decode rows that ran
+    alongside its prefill (prompt-attributable bytes of a piece split over its requests by token count)."""
+    out: Dict[str, dict] = {}
+    for r in rows:
+        for p in r["prefill"]:
+            share = p.get("expert_bytes", 0.0)
+            tokens = p.get("req_tokens") or [p["tokens"]] * len(p["rids"])
+            total = sum(tokens)
+            for rid, n in zip(p["rids"], tokens):
+                rec = out.setdefault(rid, {"tokens": 0, "bytes": 0.0, "decode_rows": [], "passes": 0})
+                rec["bytes"] += share * n / total if total else 0.0
+                rec["decode_rows"].append(r["decode_rows"])
+                rec["passes"] += 1
+                if p["layers"][0] == 0:  # count a request's tokens once per pass over the first layer
+                    rec["tokens"] += n
+    for rec in out.values():
+        rows_ = rec.pop("decode_rows")
+        rec["mean_decode_rows"] = sum(rows_) / len(rows_)
+    return out
+
+
+def limit_ratio(rows: List[dict], coverage: Coverage) -> dict:
+    """Prompt-attributable expert bytes against the physical limit, summed over the run's requests."""
+    t = totals(rows)
+    if not t["bytes_per_expert"]:
+        return {"prefill_bytes": 0, "limit_bytes": 0, "ratio": None}
+    limit = sum(coverage.limit_bytes(rec["tokens"], rec["mean_decode_rows"], t["bytes_per_expert"])
+                for rec in per_request(rows).values())
+    return {"prefill_bytes": t["prefill_bytes"], "limit_bytes": limit,
+            "ratio": t["prefill_bytes"] / limit if limit else None}

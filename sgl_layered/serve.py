@@ -1,0 +1,74 @@
+"""Start and stop `python -m sglang.launch_server` in a child process (benchmarks, tests, soak runs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from sgl_layered import cpu
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class ServerProcess:
+    def __init__(self, model_path: str, extra_args=(), timeout_s: float = 300, log_path=None, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model_path),
+                    "--port", str(self.port), "--host", "127.0.0.1", *extra_args]
+        self.log = open(log_path, "w") if log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(self.cmd, env={**os.environ, **cpu.CPU_ENV, **(env or {})}, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                self._close_log()
+                raise RuntimeError(f"server exited with {self.proc.returncode} during start-up"
+                                   + (f" (log: {log_path})" if log_path else ""))
+            if _healthy(self.url):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError("server did not become healthy")
+
+    def flush_cache(self) -> None:
+        req = urllib.request.Request(self.url + "/flush_cache", method="POST")
+        with urllib.request.urlopen(req, timeout=60) as r:
+            r.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._close_log()
+
+    def _close_log(self):
+        if self.log is not subprocess.DEVNULL and not self.log.closed:
+            self.log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
