@@ -53,7 +53,7 @@ class Plan:
     max_concurrency: int = 32
     seed: int = 0
     quick: bool = False
-    sweep_rates_for: List[str] = field(default_factory=list)  # modes run at every rate; others at the first
+    sweep_rates_for: List[str] = field(default_factory=list)  # (routing "model") modes run at every rate
 
 
 def default_plan() -> Plan:
@@ -63,7 +63,7 @@ def default_plan() -> Plan:
         routings={"model": main + ["layered-G2", "layered-G4", "layered-G8"],
                   "calibrated": ["chunked-512", "layered-auto"]},
         rates={"sharegpt-like": [0.6, 1.2], "arxiv-like": [0.3, 0.6]},
-        requests=12, prompt_scale=1 / 8, output_scale=1 / 16,
+        requests=10, prompt_scale=1 / 8, output_scale=1 / 16,
         slo={"sharegpt-like": [6.0, 1.0], "arxiv-like": [15.0, 1.0]},
         sweep_rates_for=main)
 
@@ -109,7 +109,8 @@ def run(plan: Plan, out_dir: str) -> dict:
     for routing, modes in plan.routings.items():
         for mode in modes:
             for wname, rates in plan.rates.items():
-                for rate in (rates if mode in plan.sweep_rates_for or plan.quick else rates[:1]):
+                sweep = plan.quick or (routing == "model" and mode in plan.sweep_rates_for)
+                for rate in (rates if sweep else rates[:1]):
                     jobs.append((routing, mode, wname, rate))
     results, traces = [], {}
     bar = tqdm(total=len(jobs) * plan.requests, desc="requests", unit="req")

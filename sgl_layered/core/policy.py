@@ -71,7 +71,8 @@ class PaperPolicy:
         """Admit a new cohort only when none is in flight (a new arrival waits for the current cohort)."""
         return not view.cohorts and view.waiting_requests > 0
 
-    def partition(self, new_tokens: int, num_layers: int) -> Tuple[LayerRange, ...]:
+    def partition(self, new_tokens: int, num_layers: int, view: Optional[SchedulerView] = None
+                  ) -> Tuple[LayerRange, ...]:
         g = self.groups if self.groups is not None else paper_group_count(
             new_tokens, num_layers, self.tokens_per_group)
         return tuple(split_layers(num_layers, min(g, num_layers)))

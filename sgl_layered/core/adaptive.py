@@ -1,0 +1,183 @@
+"""Our layered-prefill policy: the paper's schedule plus switchable improvements.
+
+  adaptive   choose each cohort's group count from a cost model fitted online to measured iteration times,
+             so a predicted iteration stays within the TBT target (the paper picks G from length alone);
+             with `layer_costs`, split layers by cost rather than count (dense first layers, shared experts);
+  pipeline   several cohorts in flight: a new cohort starts group 0 while earlier ones run later groups
+             (cohorts in flight share one layer partition, so their layer ranges never overlap), as long as
+             the predicted iteration stays within the target;
+  idle_whole nothing decoding -> nothing to protect: the cohort runs all layers in one pass;
+  stash      the activation stash (hidden + residual of every in-flight prompt row) counts against a memory
+             budget: admission never overcommits it.
+Every decision is plain arithmetic on a SchedulerView, so the SGLang adapter and the simulator run this code
+unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from .partition import LayerRange, paper_group_count, split_layers
+from .policy import IterationPlan, Piece, SchedulerView, check_plan
+
+
+class OnlineCostModel:
+    """seconds ~ a + b * decode_rows + c * prefill_token_layers / num_layers, least squares over a sliding window
+    (running sums, so an observation costs O(1))."""
+
+    def __init__(self, window: int = 256, min_samples: int = 8):
+        self.window, self.min_samples = window, min_samples
+        self.samples: List[Tuple[float, float, float]] = []
+        self._sums = [0.0] * 8  # x1, x2, x1x1, x2x2, x1x2, y, x1y, x2y
+        self.coef: Optional[Tuple[float, float, float]] = None
+
+    def _add(self, x1, x2, y, sign):
+        for i, v in enumerate((x1, x2, x1 * x1, x2 * x2, x1 * x2, y, x1 * y, x2 * y)):
+            self._sums[i] += sign * v
+
+    def observe(self, decode_rows: int, prefill_token_layers: float, num_layers: int, seconds: float) -> None:
+        sample = (float(decode_rows), prefill_token_layers / max(num_layers, 1), seconds)
+        self.samples.append(sample)
+        self._add(*sample, 1)
+        if len(self.samples) > self.window:
+            self._add(*self.samples.pop(0), -1)
+        if len(self.samples) >= self.min_samples:
+            self.coef = _least_squares(len(self.samples), self._sums) or self.coef
+
+    @property
+    def ready(self) -> bool:
+        return self.coef is not None
+
+    def predict(self, decode_rows: float, prefill_token_layers: float, num_layers: int) -> float:
+        a, b, c = self.coef
+        return a + b * decode_rows + c * prefill_token_layers / max(num_layers, 1)
+
+
+def _least_squares(n, sums) -> Optional[Tuple[float, float, float]]:
+    # Normal equations for [1, x1, x2] -> y, solved by Cramer's rule; coefficients clamped non-negative.
+    s1, s2, s11, s22, s12, sy, s1y, s2y = sums
+    m = [[n, s1, s2], [s1, s11, s12], [s2, s12, s22]]
+    v = [sy, s1y, s2y]
+
+    def det(a):
+        return (a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+                + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]))
+
+    d = det(m)
+    if abs(d) < 1e-9 * max(1.0, abs(m[1][1] * m[2][2])):
+        return None  # not enough variety yet (e.g. only decode iterations)
+    coef = []
+    for j in range(3):
+        mj = [row[:] for row in m]
+        for i in range(3):
+            mj[i][j] = v[i]
+        coef.append(det(mj) / d)
+    return tuple(max(0.0, c) for c in coef)
+
+
+@dataclass
+class Switches:
+    adaptive: bool = True
+    pipeline: bool = True
+    idle_whole: bool = True
+    stash: bool = True
+
+
+def split_by_cost(layer_costs: Sequence[float], groups: int) -> Tuple[LayerRange, ...]:
+    """`groups` contiguous ranges with about equal total cost (each at least one layer)."""
+    n = len(layer_costs)
+    total = sum(layer_costs)
+    ranges, start, acc = [], 0, 0.0
+    for g in range(groups - 1):
+        target = total * (g + 1) / groups
+        end = start + 1
+        acc += layer_costs[start]
+        while end < n - (groups - 1 - g) and acc + layer_costs[end] / 2 < target:
+            acc += layer_costs[end]
+            end += 1
+        ranges.append((start, end))
+        start = end
+    ranges.append((start, n))
+    return tuple(ranges)
+
+
+class AdaptivePolicy:
+    name = "adaptive"
+
+    def __init__(self, tbt_target_s: float, switches: Switches = Switches(), tokens_per_group: int = 512,
+                 max_cohorts: int = 4, stash_budget_bytes: Optional[float] = None, stash_bytes_per_token: float = 0.0,
+                 layer_costs: Optional[Sequence[float]] = None, model: Optional[OnlineCostModel] = None):
+        self.tbt_target_s = tbt_target_s
+        self.switches = switches
+        self.tokens_per_group = tokens_per_group
+        self.max_cohorts = max_cohorts if switches.pipeline else 1
+        self.stash_budget_bytes = stash_budget_bytes if switches.stash else None
+        self.stash_bytes_per_token = stash_bytes_per_token
+        self.layer_costs = list(layer_costs) if layer_costs else None
+        self.model = model or OnlineCostModel()
+
+    # -- feedback -----------------------------------------------------------------------------------------
+    def observe(self, decode_rows: int, prefill_token_layers: float, num_layers: int, seconds: float) -> None:
+        self.model.observe(decode_rows, prefill_token_layers, num_layers, seconds)
+
+    def _predict(self, view: SchedulerView, extra_token_layers: float) -> Optional[float]:
+        if not (self.switches.adaptive or self.switches.pipeline) or not self.model.ready:
+            return None
+        in_flight = sum(c.new_tokens * (c.groups[c.next_group][1] - c.groups[c.next_group][0]) for c in view.cohorts)
+        return self.model.predict(view.decode_rows, in_flight + extra_token_layers, view.num_layers)
+
+    # -- admission ------------------------------------------------------------------------------------------
+    def may_admit(self, view: SchedulerView) -> bool:
+        if view.waiting_requests <= 0:
+            return False
+        if not view.cohorts:
+            return True
+        if len(view.cohorts) >= self.max_cohorts:
+            return False
+        # A pipelined cohort starts at group 0 of the shared partition: that slot must be free next iteration,
+        # i.e. every cohort in flight has moved past group 0.
+        if any(c.next_group == 0 for c in view.cohorts):
+            return False
+        groups = view.cohorts[0].groups
+        if len(view.cohorts) >= len(groups):
+            return False
+        predicted = self._predict(view, self.tokens_per_group * (groups[0][1] - groups[0][0]))
+        return predicted is not None and predicted <= self.tbt_target_s
+
+    def admission_token_cap(self, view: SchedulerView) -> int:
+        """Most new prompt tokens the next cohort may bring (activation stash budget)."""
+        if self.stash_budget_bytes is None or self.stash_bytes_per_token <= 0:
+            return 1 << 62
+        used = sum(c.new_tokens for c in view.cohorts) * self.stash_bytes_per_token
+        return max(1, int((self.stash_budget_bytes - used) // self.stash_bytes_per_token))
+
+    # -- partition ------------------------------------------------------------------------------------------
+    def partition(self, new_tokens: int, num_layers: int, view: Optional[SchedulerView] = None
+                  ) -> Tuple[LayerRange, ...]:
+        if view is not None and view.cohorts:
+            return view.cohorts[0].groups  # join the pipeline: same partition, never overlapping layer ranges
+        decode_rows = view.decode_rows if view is not None else 0
+        if self.switches.idle_whole and decode_rows == 0:
+            return ((0, num_layers),)
+        groups = paper_group_count(new_tokens, num_layers, self.tokens_per_group)
+        if self.switches.adaptive and self.model.ready:
+            groups = num_layers
+            for g in range(1, num_layers + 1):
+                if self.model.predict(decode_rows, new_tokens * num_layers / g, num_layers) <= self.tbt_target_s:
+                    groups = g
+                    break
+        if self.layer_costs and len(self.layer_costs) == num_layers:
+            return split_by_cost(self.layer_costs, groups)
+        return tuple(split_layers(num_layers, groups))
+
+    # -- plan -----------------------------------------------------------------------------------------------
+    def plan(self, view: SchedulerView) -> IterationPlan:
+        pieces = tuple(Piece(c.cohort_id, c.groups[c.next_group], c.new_tokens, c.next_group == len(c.groups) - 1)
+                       for c in view.cohorts)
+        plan = IterationPlan(decode_rows=view.decode_rows, pieces=pieces)
+        check_plan(view, plan)
+        ranges = sorted(p.layers for p in pieces)
+        if any(a[1] > b[0] for a, b in zip(ranges, ranges[1:])):
+            raise AssertionError(f"pieces overlap in layers: {ranges}")
+        return plan

@@ -1,0 +1,28 @@
+"""Hardware profiles for the cost model.
+
+GPU figures are the vendors' datasheet numbers (labelled as such) unless a profile says it was measured.
+The H200 "measured" profile uses ceilings measured on an H200 in this workplace (device-to-device copy about
+4.3 TB/s counting read and write bytes; 8192^3 bf16 matmul about 788 TFLOP/s on random data). The CPU profile
+is fitted to our own CPU benchmark (see sgl_layered/sim/calibrate.py) and carries its fit error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    mem_bw: float  # bytes/s achievable for streaming weights / KV
+    flops: float  # dense bf16 matmul FLOP/s
+    launch_s: float  # fixed cost per layer-op (kernel launches, sync, framework overhead)
+    interconnect_bw: float = 450e9  # bytes/s per GPU for TP all-reduce (NVLink 4, datasheet, one direction)
+    source: str = "datasheet"
+
+
+H100 = Hardware("H100-SXM", mem_bw=3.35e12, flops=989e12, launch_s=8e-6, source="datasheet")
+H200 = Hardware("H200-SXM", mem_bw=4.8e12, flops=989e12, launch_s=8e-6, source="datasheet")
+H200_MEASURED = Hardware("H200-measured", mem_bw=4.3e12, flops=788e12, launch_s=8e-6,
+                         source="measured here: D2D copy 4.3 TB/s, bf16 GEMM 788 TFLOP/s")
+PROFILES = {h.name: h for h in (H100, H200, H200_MEASURED)}

@@ -1,0 +1,38 @@
+"""The ablation benchmark's quick mode runs end to end and writes its JSON, CSV and plots."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.engine
+def test_ablation_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    for name in ("pareto.png", "expert_bytes.png", "rates.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    with open(tmp_path / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(report["runs"]) > 0
+    assert all(r["latency"]["errors"] == 0 for r in report["runs"])
+    assert all(w["synthetic"] for w in report["workloads"].values())
+    assert report["coverage_U"]
+
+    def per_token(mode, workload):
+        (run,) = [r for r in report["runs"] if r["routing"] == "model" and r["mode"] == mode
+                  and r["workload"] == workload]
+        return run["experts"]["prefill_bytes_per_token"], run["expert_limit"]["ratio"]
+
+    # arXiv-like prompts (~1.1k tokens) span several 512-token chunks: layered loads each expert once per layer.
+    layered, layered_ratio = per_token("layered-auto", "arxiv-like")
+    chunked, chunked_ratio = per_token("chunked-512", "arxiv-like")
+    assert layered < chunked and layered_ratio <= 1.1 < chunked_ratio
+    calibrated = [r for r in report["runs"] if r["routing"] == "calibrated"]
+    assert calibrated and all(r["experts"]["prefill_tokens"] > 0 for r in calibrated)
