@@ -15,6 +15,9 @@ def test_core_imports_neither_torch_nor_sglang():
     code = (
         "import sys\n"
         "import sgl_layered.core.config, sgl_layered.core.partition, sgl_layered.core.policy\n"
+        "import sgl_layered.core.adaptive, sgl_layered.analysis.workloads, sgl_layered.analysis.latency\n"
+        "import sgl_layered.analysis.expert_traffic, sgl_layered.sim.engine, sgl_layered.sim.sweep\n"
+        "import sgl_layered.sim.calibrate\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sglang', 'numpy'))\n"
         "print(bad)\n"
     )

@@ -28,18 +28,37 @@ from .archs import layer_stack
 from .attention import RowSplitAttention
 from .views import fused_view
 
-_ACTIVE: Optional["PromptPass"] = None
+_ACTIVE: Optional["ActivePasses"] = None
+
+
+class ActivePasses:
+    """The pieces spliced into one decode forward, found by layer (their layer ranges never overlap)."""
+
+    def __init__(self, passes):
+        self.by_layer = {}
+        for p in passes:
+            for i in range(p.start, p.end):
+                if i in self.by_layer:
+                    raise RuntimeError(f"two layered pieces claim layer {i}")
+                self.by_layer[i] = p
+        self.index = passes[0].index if passes else {}
+
+    def run_layer(self, original, layer, positions, hidden_states, forward_batch, *args, **kwargs):
+        p = self.by_layer.get(self.index.get(id(layer)))
+        if p is None:
+            return original(layer, positions, hidden_states, forward_batch, *args, **kwargs)
+        return p.run_layer(original, layer, positions, hidden_states, forward_batch, *args, **kwargs)
 
 
 @contextlib.contextmanager
-def active(prompt_pass: "PromptPass"):
-    """Make `prompt_pass` the piece the decoder-layer hook splices into the next forward."""
+def active(passes):
+    """Make `passes` the pieces the decoder-layer hook splices into the next forward."""
     global _ACTIVE
     if _ACTIVE is not None:
         raise RuntimeError("a layered pass is already active")
-    _ACTIVE = prompt_pass
+    _ACTIVE = ActivePasses(passes)
     try:
-        yield prompt_pass
+        yield _ACTIVE
     finally:
         _ACTIVE = None
 

@@ -1,18 +1,18 @@
-"""Layered iterations inside one SGLang scheduler process: admit, plan, run, finish a cohort."""
+"""Layered iterations inside one SGLang scheduler process: admit, plan, run and finish prompt cohorts."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
 
 import torch
-from dataclasses import dataclass
-from typing import Optional
-
 from sglang.srt.managers.overlap_utils import resolve_forward_inputs
 from sglang.srt.managers.utils import GenerationBatchResult
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 
+from sgl_layered.core.adaptive import AdaptivePolicy, Switches
 from sgl_layered.core.config import LayeredConfig
 from sgl_layered.core.policy import PaperPolicy, Piece, SchedulerView
 
@@ -24,91 +24,130 @@ logger = logging.getLogger("sgl_layered")
 
 @dataclass
 class Iteration:
-    piece: Piece
-    cohort: Cohort
+    pieces: List[Tuple[Piece, Cohort]]
     decode_batch: Optional[object]  # ScheduleBatch in DECODE mode, or None when nothing is decoding
 
     @property
     def host_batch(self):
         """The batch SGLang's event loop sees for this iteration."""
-        return self.decode_batch if self.decode_batch is not None else self.cohort.batch
+        return self.decode_batch if self.decode_batch is not None else self.pieces[0][1].batch
+
+    @property
+    def token_layers(self) -> int:
+        return sum(p.tokens * (p.layers[1] - p.layers[0]) for p, _ in self.pieces)
 
 
 @dataclass
 class LayeredResult:
     decode: Optional[GenerationBatchResult]
-    prefill: Optional[GenerationBatchResult]  # set on the cohort's last pass
+    finished: List[Tuple[Cohort, GenerationBatchResult]] = field(default_factory=list)  # cohorts that sampled
+
+
+def make_policy(config: LayeredConfig, hidden_size: int, dtype_bytes: int):
+    if config.layered_prefill_policy == "paper":
+        return PaperPolicy(groups=config.fixed_groups, tokens_per_group=config.layered_prefill_group_tokens)
+    on = set(config.switches)
+    target = config.layered_prefill_tbt_target_ms
+    return AdaptivePolicy(
+        tbt_target_s=target / 1e3 if target is not None else None,
+        switches=Switches(**{name: name in on for name in ("adaptive", "pipeline", "idle_whole", "stash")}),
+        tokens_per_group=config.layered_prefill_group_tokens,
+        stash_budget_bytes=config.layered_prefill_stash_budget_mb * 2 ** 20,
+        stash_bytes_per_token=2 * hidden_size * dtype_bytes)  # hidden + residual per prompt row
 
 
 class LayeredRuntime:
     def __init__(self, scheduler, config: LayeredConfig):
         self.scheduler = scheduler
         self.model_runner = scheduler.tp_worker.model_runner
-        self.num_layers = int(self.model_runner.model_config.num_hidden_layers)
+        model_config = self.model_runner.model_config
+        self.num_layers = int(model_config.num_hidden_layers)
         config.check_layers(self.num_layers)
-        self.policy = PaperPolicy(groups=config.fixed_groups, tokens_per_group=config.layered_prefill_group_tokens)
-        self.cohort: Optional[Cohort] = None
-        self.completed: Optional[Cohort] = None  # finished last iteration; merges into the running batch next
+        self.policy = make_policy(config, int(model_config.hidden_size), self.model_runner.dtype.itemsize)
+        self.cohorts: List[Cohort] = []
+        self.completed: List[Cohort] = []  # finished last iteration; merge into the running batch next
         self._prefill_backend = None
 
     # -- scheduling ---------------------------------------------------------------------------------
     def view(self, decode_rows: int) -> SchedulerView:
-        cohorts = (self.cohort.state(),) if self.cohort is not None else ()
-        return SchedulerView(self.num_layers, decode_rows, len(self.scheduler.waiting_queue), cohorts)
+        waiting = self.scheduler.waiting_queue
+        head = len(waiting[0].origin_input_ids) if waiting else 0
+        return SchedulerView(self.num_layers, decode_rows, len(waiting), tuple(c.state() for c in self.cohorts), head)
 
     def may_admit(self, running_batch) -> bool:
         return self.policy.may_admit(self.view(running_batch.batch_size()))
 
-    def admit(self, batch) -> Cohort:
-        groups = self.policy.partition(int(batch.extend_num_tokens), self.num_layers)
-        self.cohort = Cohort(batch, groups)
+    def admission_token_cap(self, running_batch) -> Optional[int]:
+        cap = getattr(self.policy, "admission_token_cap", None)
+        return cap(self.view(running_batch.batch_size())) if cap is not None else None
+
+    def admit(self, batch, decode_rows: int) -> Cohort:
+        groups = self.policy.partition(int(batch.extend_num_tokens), self.num_layers, self.view(decode_rows))
+        cohort = Cohort(batch, groups)
+        self.cohorts.append(cohort)
         logger.debug("layered prefill: cohort %d admitted, %d requests, %d new tokens, groups %s",
-                     self.cohort.cohort_id, len(batch.reqs), self.cohort.new_tokens, groups)
-        return self.cohort
+                     cohort.cohort_id, len(batch.reqs), cohort.new_tokens, groups)
+        return cohort
 
     def next_iteration(self, decode_batch) -> Optional[Iteration]:
-        if self.cohort is None:
+        if not self.cohorts:
             return None
         rows = decode_batch.batch_size() if decode_batch is not None else 0
         plan = self.policy.plan(self.view(rows))
-        (piece,) = plan.pieces  # the paper policy runs one cohort at a time
-        return Iteration(piece, self.cohort, decode_batch)
+        by_id = {c.cohort_id: c for c in self.cohorts}
+        return Iteration([(p, by_id[p.cohort_id]) for p in plan.pieces], decode_batch)
 
     def take_completed(self):
-        """The batch of a cohort that finished last iteration (SGLang merges it like a finished prefill)."""
-        done, self.completed = self.completed, None
-        return done.batch if done is not None else None
+        """The batch of the cohort that finished last iteration, merged by SGLang like a finished prefill."""
+        done, self.completed = self.completed, []
+        if len(done) > 1:
+            raise RuntimeError("two cohorts finished in one iteration; the pipeline keeps them a group apart")
+        return done[0].batch if done else None
+
+    def observe(self, decode_rows: int, token_layers: int, seconds: float) -> None:
+        observe = getattr(self.policy, "observe", None)
+        if observe is not None:
+            observe(decode_rows, token_layers, self.num_layers, seconds)
 
     # -- execution ----------------------------------------------------------------------------------
     def prefill_backend(self):
-        """A second attention-backend instance whose metadata describes the cohort's prompt rows."""
+        """A second attention-backend instance whose metadata describes the prompt rows."""
         if self._prefill_backend is None:
             self._prefill_backend = self.model_runner._get_attention_backend(init_new_workspace=True)
         return self._prefill_backend
 
+    def _prepare(self, cohort: Cohort) -> None:
+        if cohort.forward_batch is not None:
+            return
+        # What SGLang's run_batch records on a prefill batch, for its step metrics.
+        cohort.batch.launch_ts = time.monotonic()
+        cohort.batch.after_idle_gap = False
+        resolve_forward_inputs(cohort.batch, self.scheduler.future_map)
+        cohort.forward_batch = ForwardBatch.init_new(
+            cohort.batch, self.model_runner, return_hidden_states_before_norm=False)
+        # The preparation SGLang's eager forward gives every batch (token-count bounds, padding).
+        self.model_runner._prepare_eager_forward_batch(cohort.forward_batch)
+
     def run(self, it: Iteration, run_decode_batch) -> LayeredResult:
-        cohort = it.cohort
-        if cohort.forward_batch is None:
-            # What SGLang's run_batch records on a prefill batch, for its step metrics.
-            cohort.batch.launch_ts = time.monotonic()
-            cohort.batch.after_idle_gap = False
-            resolve_forward_inputs(cohort.batch, self.scheduler.future_map)
-            cohort.forward_batch = ForwardBatch.init_new(
-                cohort.batch, self.model_runner, return_hidden_states_before_norm=False)
-            # The preparation SGLang's eager forward gives every batch (token-count bounds, padding).
-            self.model_runner._prepare_eager_forward_batch(cohort.forward_batch)
-        prompt_pass = fused_pass.PromptPass(self.model_runner.model, cohort, it.piece.layers, self.prefill_backend())
+        passes = []
+        for piece, cohort in it.pieces:
+            self._prepare(cohort)
+            passes.append(fused_pass.PromptPass(self.model_runner.model, cohort, piece.layers, self.prefill_backend()))
         decode_result = None
         if it.decode_batch is not None:
-            with fused_pass.active(prompt_pass):
+            with fused_pass.active(passes):
                 decode_result = run_decode_batch(it.decode_batch)
         else:
             self.scheduler.forward_ct += 1  # a forward of its own, counted like SGLang counts forwards
-            prompt_pass.run_alone()
-        prompt_pass.check_complete()
-        cohort.advance(it.piece.layers)
-        prefill_result = self._sample_first_tokens(cohort) if it.piece.final else None
-        return LayeredResult(decode_result, prefill_result)
+            for p in sorted(passes, key=lambda p: p.start):
+                p.run_alone()
+        result = LayeredResult(decode_result)
+        for p, (piece, cohort) in zip(passes, it.pieces):
+            p.check_complete()
+            cohort.advance(piece.layers)
+            if piece.final:
+                result.finished.append((cohort, self._sample_first_tokens(cohort)))
+        return result
 
     def _sample_first_tokens(self, cohort: Cohort) -> GenerationBatchResult:
         batch, fb, logits = cohort.batch, cohort.forward_batch, cohort.logits
@@ -131,5 +170,5 @@ class LayeredRuntime:
     def finish(self, cohort: Cohort) -> None:
         cohort.release_activations()
         cohort.forward_batch = None
-        self.cohort = None
-        self.completed = cohort
+        self.cohorts.remove(cohort)
+        self.completed.append(cohort)

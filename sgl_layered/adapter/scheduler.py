@@ -9,6 +9,7 @@ running whole. Each override below wraps one seam and calls the parent for every
 from __future__ import annotations
 
 import logging
+import time
 
 from sglang.srt.managers.schedule_batch import NextBatchPlan
 from sglang.srt.managers.scheduler import Scheduler
@@ -77,11 +78,20 @@ class LayeredScheduler(Scheduler):
         if self._layered is None:
             return super().get_next_batch_to_run(running_batch=running_batch, last_batch=last_batch)
         layered = self._layered
-        # Only a cohort that finished its last group may merge into the running batch, never one mid-layers.
-        plan = super().get_next_batch_to_run(running_batch=running_batch, last_batch=layered.take_completed())
+        # The policy may cap the next cohort's size (prefill budget beside cohorts in flight, stash memory):
+        # SGLang's admission reads its per-batch token limit from this attribute.
+        cap, saved = layered.admission_token_cap(running_batch), self.max_prefill_tokens
+        if cap is not None:
+            self.max_prefill_tokens = max(1, min(saved, cap))
+        try:
+            # Only a cohort that finished its last group may merge into the running batch, never one mid-layers.
+            plan = super().get_next_batch_to_run(running_batch=running_batch, last_batch=layered.take_completed())
+        finally:
+            self.max_prefill_tokens = saved
         batch, running = plan.batch_to_run, plan.running_batch
         if batch is not None and batch.forward_mode.is_extend():
-            layered.admit(batch)  # SGLang chose this prefill batch; we run it group by group instead
+            # SGLang chose this prefill batch; we run it group by group instead.
+            layered.admit(batch, running.batch_size())
             batch = self.update_running_batch(running) if not running.is_empty() else None
             if batch is not None and batch.is_empty():
                 batch = None
@@ -96,10 +106,15 @@ class LayeredScheduler(Scheduler):
         iteration = self._layered_iteration
         if self._observer is not None:
             self._observer.begin(self.forward_ct + 1, batch, iteration)
+        start = time.perf_counter()
         if iteration is None:
             result = super().run_batch(batch, *args, **kwargs)
         else:
             result = self._layered.run(iteration, super().run_batch)
+        if self._layered is not None:  # the adaptive policy fits its cost model to measured iteration times
+            decode_rows = batch.batch_size() if batch.forward_mode.is_decode() else 0
+            token_layers = iteration.token_layers if iteration is not None else 0
+            self._layered.observe(decode_rows, token_layers, time.perf_counter() - start)
         if self._observer is not None:
             self._observer.forward_done()
         return result
@@ -111,10 +126,10 @@ class LayeredScheduler(Scheduler):
             if result.decode is not None:
                 super().process_batch_result(iteration.decode_batch, result.decode)
                 processed.append(iteration.decode_batch)
-            if result.prefill is not None:
-                super().process_batch_result(iteration.cohort.batch, result.prefill)
-                processed.append(iteration.cohort.batch)
-                self._layered.finish(iteration.cohort)
+            for cohort, prefill in result.finished:
+                super().process_batch_result(cohort.batch, prefill)
+                processed.append(cohort.batch)
+                self._layered.finish(cohort)
         else:
             super().process_batch_result(batch, result)
             processed.append(batch)
@@ -124,11 +139,11 @@ class LayeredScheduler(Scheduler):
     # -- bookkeeping SGLang does over "all in-flight requests" must see the cohort too ---------------
     def _collect_inflight_batches(self):
         batches = super()._collect_inflight_batches()
-        if self._layered is not None and self._layered.cohort is not None:
-            batches = [*batches, self._layered.cohort.batch]
+        if self._layered is not None:
+            batches = [*batches, *(c.batch for c in self._layered.cohorts)]
         return batches
 
     def is_fully_idle(self, *args, **kwargs) -> bool:
-        if self._layered is not None and self._layered.cohort is not None:
+        if self._layered is not None and self._layered.cohorts:
             return False
         return super().is_fully_idle(*args, **kwargs)

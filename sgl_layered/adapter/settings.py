@@ -14,7 +14,7 @@ from dataclasses import fields
 from typing import Any, Callable, Optional
 
 from sgl_layered import SGLANG_PIN
-from sgl_layered.core.config import ENV_VAR, ROUTINGS, LayeredConfig, LayeredConfigError
+from sgl_layered.core.config import ENV_VAR, POLICIES, ROUTINGS, LayeredConfig, LayeredConfigError
 
 from .archs import SUPPORTED, unsupported_message
 
@@ -37,6 +37,13 @@ _HELP = {
                                "routing reproducing trained-router coverage, for random-weight benchmark models; "
                                "changes outputs), 'forced-rows' (for accounting tests).",
     "layered_prefill_routing_alpha": "Zipf exponent of --layered-prefill-routing calibrated.",
+    "layered_prefill_policy": "'paper' (one cohort at a time, G from the prompt length) or 'adaptive' "
+                               "(cost-model G, pipelined cohorts, whole pass when nothing decodes, stash budget).",
+    "layered_prefill_tbt_target_ms": "Adaptive policy: keep each iteration's predicted time within this many ms "
+                                     "(cost model fitted online). Unset: the paper's per-iteration prefill work.",
+    "layered_prefill_switches": "Adaptive policy improvements to enable, comma-separated: "
+                                "adaptive,pipeline,idle_whole,stash.",
+    "layered_prefill_stash_budget_mb": "Adaptive policy: memory budget (MB) for in-flight cohorts' activations.",
 }
 
 
@@ -48,6 +55,14 @@ def add_flags(parser) -> None:
                        metavar="N|auto", help=_HELP["layered_prefill_groups"])
     group.add_argument("--layered-prefill-group-tokens", type=int,
                        default=defaults.layered_prefill_group_tokens, help=_HELP["layered_prefill_group_tokens"])
+    group.add_argument("--layered-prefill-policy", type=str, default=defaults.layered_prefill_policy,
+                       choices=POLICIES, help=_HELP["layered_prefill_policy"])
+    group.add_argument("--layered-prefill-tbt-target-ms", type=float,
+                       default=defaults.layered_prefill_tbt_target_ms, help=_HELP["layered_prefill_tbt_target_ms"])
+    group.add_argument("--layered-prefill-switches", type=str, default=defaults.layered_prefill_switches,
+                       help=_HELP["layered_prefill_switches"])
+    group.add_argument("--layered-prefill-stash-budget-mb", type=float,
+                       default=defaults.layered_prefill_stash_budget_mb, help=_HELP["layered_prefill_stash_budget_mb"])
     group.add_argument("--layered-prefill-trace", type=str, default=defaults.layered_prefill_trace,
                        metavar="PATH", help=_HELP["layered_prefill_trace"])
     group.add_argument("--layered-prefill-expert-accounting", action="store_true",

@@ -34,12 +34,11 @@ def describe_stock_batch(batch, num_layers: int) -> dict:
 
 
 def describe_layered(iteration) -> dict:
-    piece, cohort = iteration.piece, iteration.cohort
     rows = iteration.decode_batch.batch_size() if iteration.decode_batch is not None else 0
     return {"mode": "layered", "decode_rows": rows, "prefill": [{
         "rids": cohort.rids, "tokens": piece.tokens, "req_tokens": [int(n) for n in cohort.batch.extend_lens],
-        "layers": list(piece.layers),
-        "cohort": cohort.cohort_id, "final": piece.final}]}
+        "layers": list(piece.layers), "cohort": cohort.cohort_id, "final": piece.final}
+        for piece, cohort in iteration.pieces]}
 
 
 class TraceWriter:

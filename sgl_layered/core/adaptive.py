@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from .partition import LayerRange, paper_group_count, split_layers
+from .partition import LayerRange, split_layers
 from .policy import IterationPlan, Piece, SchedulerView, check_plan
 
 
@@ -103,11 +103,15 @@ def split_by_cost(layer_costs: Sequence[float], groups: int) -> Tuple[LayerRange
 
 
 class AdaptivePolicy:
+    """tbt_target_s=None: each iteration may carry the paper's per-iteration prefill work (tokens_per_group
+    tokens through every layer); with a target, the online cost model decides how much prefill fits."""
+
     name = "adaptive"
 
-    def __init__(self, tbt_target_s: float, switches: Switches = Switches(), tokens_per_group: int = 512,
-                 max_cohorts: int = 4, stash_budget_bytes: Optional[float] = None, stash_bytes_per_token: float = 0.0,
-                 layer_costs: Optional[Sequence[float]] = None, model: Optional[OnlineCostModel] = None):
+    def __init__(self, tbt_target_s: Optional[float] = None, switches: Switches = Switches(),
+                 tokens_per_group: int = 512, max_cohorts: int = 4, stash_budget_bytes: Optional[float] = None,
+                 stash_bytes_per_token: float = 0.0, layer_costs: Optional[Sequence[float]] = None,
+                 model: Optional[OnlineCostModel] = None, min_piece_tokens: int = 16):
         self.tbt_target_s = tbt_target_s
         self.switches = switches
         self.tokens_per_group = tokens_per_group
@@ -116,16 +120,25 @@ class AdaptivePolicy:
         self.stash_bytes_per_token = stash_bytes_per_token
         self.layer_costs = list(layer_costs) if layer_costs else None
         self.model = model or OnlineCostModel()
+        self.min_piece_tokens = min_piece_tokens
 
     # -- feedback -----------------------------------------------------------------------------------------
     def observe(self, decode_rows: int, prefill_token_layers: float, num_layers: int, seconds: float) -> None:
         self.model.observe(decode_rows, prefill_token_layers, num_layers, seconds)
 
-    def _predict(self, view: SchedulerView, extra_token_layers: float) -> Optional[float]:
-        if not (self.switches.adaptive or self.switches.pipeline) or not self.model.ready:
-            return None
-        in_flight = sum(c.new_tokens * (c.groups[c.next_group][1] - c.groups[c.next_group][0]) for c in view.cohorts)
-        return self.model.predict(view.decode_rows, in_flight + extra_token_layers, view.num_layers)
+    def token_layer_budget(self, view: SchedulerView) -> float:
+        """Prefill token-layers one iteration may carry next to this decode batch."""
+        paper = float(self.tokens_per_group * view.num_layers)
+        if not self.switches.adaptive or self.tbt_target_s is None or not self.model.ready:
+            return paper
+        a, b, c = self.model.coef
+        if c <= 0:
+            return paper
+        return max(0.0, (self.tbt_target_s - a - b * view.decode_rows) / c * view.num_layers)
+
+    @staticmethod
+    def in_flight_token_layers(view: SchedulerView) -> float:
+        return sum(c.new_tokens * (c.groups[c.next_group][1] - c.groups[c.next_group][0]) for c in view.cohorts)
 
     # -- admission ------------------------------------------------------------------------------------------
     def may_admit(self, view: SchedulerView) -> bool:
@@ -135,22 +148,26 @@ class AdaptivePolicy:
             return True
         if len(view.cohorts) >= self.max_cohorts:
             return False
-        # A pipelined cohort starts at group 0 of the shared partition: that slot must be free next iteration,
-        # i.e. every cohort in flight has moved past group 0.
-        if any(c.next_group == 0 for c in view.cohorts):
-            return False
+        # A pipelined cohort starts at group 0 of the shared partition: that slot must be free, i.e. every
+        # cohort in flight has moved past group 0, and the pipeline must have a free stage.
         groups = view.cohorts[0].groups
-        if len(view.cohorts) >= len(groups):
+        if any(c.next_group == 0 for c in view.cohorts) or len(view.cohorts) >= len(groups):
             return False
-        predicted = self._predict(view, self.tokens_per_group * (groups[0][1] - groups[0][0]))
-        return predicted is not None and predicted <= self.tbt_target_s
+        cap = self.admission_token_cap(view)
+        # SGLang admits the first waiting request even above the token cap: wait unless it fits.
+        return cap >= max(self.min_piece_tokens, view.head_waiting_tokens)
 
     def admission_token_cap(self, view: SchedulerView) -> int:
-        """Most new prompt tokens the next cohort may bring (activation stash budget)."""
-        if self.stash_budget_bytes is None or self.stash_bytes_per_token <= 0:
-            return 1 << 62
-        used = sum(c.new_tokens for c in view.cohorts) * self.stash_bytes_per_token
-        return max(1, int((self.stash_budget_bytes - used) // self.stash_bytes_per_token))
+        """Most new prompt tokens the next cohort may bring: what fits in this iteration's prefill budget beside
+        the cohorts in flight, and in the activation-stash budget."""
+        cap = float(1 << 62)
+        if view.cohorts:
+            g0 = view.cohorts[0].groups[0]
+            cap = (self.token_layer_budget(view) - self.in_flight_token_layers(view)) / (g0[1] - g0[0])
+        if self.stash_budget_bytes is not None and self.stash_bytes_per_token > 0:
+            used = sum(c.new_tokens for c in view.cohorts) * self.stash_bytes_per_token
+            cap = min(cap, (self.stash_budget_bytes - used) / self.stash_bytes_per_token)
+        return max(0, int(cap))
 
     # -- partition ------------------------------------------------------------------------------------------
     def partition(self, new_tokens: int, num_layers: int, view: Optional[SchedulerView] = None
@@ -160,13 +177,12 @@ class AdaptivePolicy:
         decode_rows = view.decode_rows if view is not None else 0
         if self.switches.idle_whole and decode_rows == 0:
             return ((0, num_layers),)
-        groups = paper_group_count(new_tokens, num_layers, self.tokens_per_group)
-        if self.switches.adaptive and self.model.ready:
-            groups = num_layers
-            for g in range(1, num_layers + 1):
-                if self.model.predict(decode_rows, new_tokens * num_layers / g, num_layers) <= self.tbt_target_s:
-                    groups = g
-                    break
+        if view is None:
+            view = SchedulerView(num_layers, decode_rows, 0)
+        budget = self.token_layer_budget(view)
+        groups = num_layers
+        if budget > 0:
+            groups = min(num_layers, max(1, -(-new_tokens * num_layers // max(int(budget), 1))))
         if self.layer_costs and len(self.layer_costs) == num_layers:
             return split_by_cost(self.layer_costs, groups)
         return tuple(split_layers(num_layers, groups))

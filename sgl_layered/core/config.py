@@ -9,6 +9,8 @@ from typing import Optional, Union
 
 ENV_VAR = "SGL_LAYERED_CONFIG"  # carries the settings from the launching process into SGLang's children
 ROUTINGS = ("model", "calibrated", "forced-rows")
+POLICIES = ("paper", "adaptive")
+SWITCHES = ("adaptive", "pipeline", "idle_whole", "stash")
 
 
 class LayeredConfigError(ValueError):
@@ -24,6 +26,17 @@ class LayeredConfig:
     layered_prefill_groups: Union[int, str] = "auto"
     # Tokens per group for the auto rule; 512 makes one layered pass do the work of a 512-token chunk.
     layered_prefill_group_tokens: int = 512
+    # Scheduling policy: "paper" (arXiv 2510.08055: one cohort at a time, G from the prompt length) or
+    # "adaptive" (sgl_layered/core/adaptive.py: cost-model G, pipelined cohorts, whole pass when idle, stash
+    # budget; each improvement can be switched off with --layered-prefill-switches).
+    layered_prefill_policy: str = "paper"
+    # Adaptive policy: keep each iteration's predicted time within this target (ms), from a cost model fitted
+    # online to measured iteration times. Unset: each iteration carries the paper's per-iteration prefill work.
+    layered_prefill_tbt_target_ms: Optional[float] = None
+    # Adaptive policy improvements to enable (comma-separated subset of adaptive,pipeline,idle_whole,stash).
+    layered_prefill_switches: str = "adaptive,pipeline,idle_whole,stash"
+    # Adaptive policy: memory budget (MB) for the activation stash of cohorts in flight.
+    layered_prefill_stash_budget_mb: float = 1024.0
     # Write one JSON line per forward iteration to this file (any mode, layered or not).
     layered_prefill_trace: Optional[str] = None
     # Count, per forward and MoE layer, the distinct experts the rows touched and the expert-weight bytes that
@@ -57,6 +70,20 @@ class LayeredConfig:
             raise LayeredConfigError(
                 "--layered-prefill-group-tokens must be a positive integer, "
                 f"got {self.layered_prefill_group_tokens!r}")
+        if self.layered_prefill_policy not in POLICIES:
+            raise LayeredConfigError(
+                f"--layered-prefill-policy must be one of {', '.join(POLICIES)}, got {self.layered_prefill_policy!r}")
+        unknown = set(self.switches) - set(SWITCHES)
+        if unknown:
+            raise LayeredConfigError(f"--layered-prefill-switches: unknown {sorted(unknown)} (choose from "
+                                     f"{', '.join(SWITCHES)})")
+        if self.layered_prefill_tbt_target_ms is not None and not self.layered_prefill_tbt_target_ms > 0:
+            raise LayeredConfigError("--layered-prefill-tbt-target-ms must be > 0")
+        if not self.layered_prefill_stash_budget_mb > 0:
+            raise LayeredConfigError("--layered-prefill-stash-budget-mb must be > 0")
+        if self.layered_prefill_policy == "adaptive" and self.fixed_groups is not None:
+            raise LayeredConfigError("--layered-prefill-groups N fixes G; the adaptive policy chooses it "
+                                     "(use --layered-prefill-groups auto)")
         if self.layered_prefill_routing not in ROUTINGS:
             raise LayeredConfigError(
                 f"--layered-prefill-routing must be one of {', '.join(ROUTINGS)}, got {self.layered_prefill_routing!r}")
@@ -69,6 +96,13 @@ class LayeredConfig:
             "layered_prefill_group_tokens": (self.enable_layered_prefill, "--enable-layered-prefill"),
             "layered_prefill_routing_alpha": (self.layered_prefill_routing == "calibrated",
                                               "--layered-prefill-routing calibrated"),
+            "layered_prefill_policy": (self.enable_layered_prefill, "--enable-layered-prefill"),
+            "layered_prefill_tbt_target_ms": (self.layered_prefill_policy == "adaptive",
+                                              "--layered-prefill-policy adaptive"),
+            "layered_prefill_switches": (self.layered_prefill_policy == "adaptive",
+                                         "--layered-prefill-policy adaptive"),
+            "layered_prefill_stash_budget_mb": (self.layered_prefill_policy == "adaptive",
+                                                "--layered-prefill-policy adaptive"),
         }.items():
             if not enabled and getattr(self, name) != LayeredConfig.__dataclass_fields__[name].default:
                 raise LayeredConfigError(f"--{name.replace('_', '-')} has no effect without {needed}")
@@ -81,6 +115,10 @@ class LayeredConfig:
     @property
     def fixed_groups(self) -> Optional[int]:
         return None if self.layered_prefill_groups == "auto" else int(self.layered_prefill_groups)
+
+    @property
+    def switches(self) -> tuple:
+        return tuple(x.strip() for x in self.layered_prefill_switches.split(",") if x.strip())
 
     @property
     def needs_plugin(self) -> bool:

@@ -29,6 +29,7 @@ class SchedulerView:
     decode_rows: int  # running decode requests this iteration
     waiting_requests: int
     cohorts: Tuple[CohortState, ...] = ()
+    head_waiting_tokens: int = 0  # prompt length of the first waiting request (an upper bound on its new tokens)
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,8 @@ class CostModel:
         self.overhead_s = overhead_s  # per iteration: scheduling, sampling, embedding/LM head
 
     def _op(self, bytes_: float, flops: float) -> float:
-        return max(bytes_ / self.hw.mem_bw, flops / self.hw.flops) + self.hw.launch_s
+        t_mem, t_flop = bytes_ / self.hw.mem_bw, flops / self.hw.flops
+        return (t_mem + t_flop if self.hw.combine == "sum" else max(t_mem, t_flop)) + self.hw.launch_s
 
     def _distinct(self, rows: int) -> float:
         return coverage(self.m.experts, self.m.top_k, self.alpha, rows)

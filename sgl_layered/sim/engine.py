@@ -57,12 +57,14 @@ class Simulator:
     """mode: "chunked" (mixed chunked prefill, `chunk` tokens per iteration) or "layered" (a policy object)."""
 
     def __init__(self, cost: CostModel, mode: str, policy=None, chunk: int = 512, max_prefill_tokens: int = 16384,
-                 kv_capacity_tokens: int = 10 ** 9, max_running: int = 1024):
+                 kv_capacity_tokens: int = 10 ** 9, max_running: int = 1024, record: bool = False):
         if mode not in ("chunked", "layered"):
             raise ValueError(mode)
         self.cost, self.mode, self.policy, self.chunk = cost, mode, policy, chunk
         self.max_prefill_tokens, self.kv_capacity, self.max_running = max_prefill_tokens, kv_capacity_tokens, max_running
         self.layers = cost.m.layers
+        # With record=True: one entry per iteration, (time, decode rows, [(cohort id, layers, tokens)], budget).
+        self.log = [] if record else None
 
     def run(self, requests: List[SimRequest], max_iterations: int = 10 ** 7) -> SimResult:
         pending = sorted(requests, key=lambda r: r.arrival)
@@ -105,7 +107,9 @@ class Simulator:
                     if r.prefilled == r.prompt:
                         finishing_prefill.append(r)
             else:
-                view = lambda: SchedulerView(self.layers, len(decoding), len(waiting), tuple(c.state() for c in cohorts))
+                def view():
+                    return SchedulerView(self.layers, len(decoding), len(waiting), tuple(c.state() for c in cohorts),
+                                         waiting[0].prompt if waiting else 0)
                 if waiting and self.policy.may_admit(view()):
                     cap = min(self.max_prefill_tokens, self._admission_cap(view()))
                     batch, tokens = [], 0
@@ -119,7 +123,12 @@ class Simulator:
                         groups = self.policy.partition(tokens, self.layers, view())
                         cohorts.append(_Cohort(next(ids), batch, tuple(groups)))
                 if cohorts:
+                    budget = getattr(self.policy, "token_layer_budget", None)
+                    budget = budget(view()) if budget is not None else None
                     plan = self.policy.plan(view())
+                    if self.log is not None:
+                        self.log.append((t, len(decoding), [(p.cohort_id, p.layers, p.tokens) for p in plan.pieces],
+                                         budget))
                     by_id = {c.cid: c for c in cohorts}
                     for piece in plan.pieces:
                         c = by_id[piece.cohort_id]

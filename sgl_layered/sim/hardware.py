@@ -19,6 +19,7 @@ class Hardware:
     launch_s: float  # fixed cost per layer-op (kernel launches, sync, framework overhead)
     interconnect_bw: float = 450e9  # bytes/s per GPU for TP all-reduce (NVLink 4, datasheet, one direction)
     source: str = "datasheet"
+    combine: str = "max"  # GPUs overlap memory and compute (max); the CPU fit adds them (sum)
 
 
 H100 = Hardware("H100-SXM", mem_bw=3.35e12, flops=989e12, launch_s=8e-6, source="datasheet")

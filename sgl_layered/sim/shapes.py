@@ -56,4 +56,6 @@ MODELS = {m.name: m for m in (
     ModelShape("DeepSeek-V2-Lite", 27, 2048, 16, 16, 192, 64, 6, 1408, dense_intermediate=10944, dense_layers=1,
                shared_experts=2, shared_intermediate=1408, kv_bytes_per_token_layer=(512 + 64) * 2),
     ModelShape("Qwen3-8B", 36, 4096, 32, 8, 128, 0, 0, 0, dense_intermediate=12288),
+    # Our CPU benchmark model (sgl_layered/models/presets.py, bench-qwen3-moe), run in fp32.
+    ModelShape("bench-qwen3-moe", 8, 512, 8, 4, 64, 64, 8, 512, weight_bytes=4.0, expert_weight_bytes=4.0),
 )}
