@@ -51,6 +51,67 @@ def test_layered_matches_stock(model, groups, model_path, stock_reference, tmp_p
         assert pieces and all(p["tokens"] < len(prompts()[index]) for p in pieces if p["rids"] == [rid])
 
 
+def _pipelining_run(engine, a, b, cs, trace=None):
+    """Requests cs decode; A arrives; B is sent once the trace shows A's first layered pass (so it lands while
+    A is in its later groups); without a trace, B is sent 50 ms after A. Returns the output ids."""
+    import asyncio
+    import json
+    import os
+
+    async def gen(ids, n):
+        out = await engine.async_generate(input_ids=ids, sampling_params={
+            "max_new_tokens": n, "temperature": 0.0, "ignore_eos": True})
+        return out["output_ids"]
+
+    async def a_then_b():
+        await asyncio.sleep(0.4)
+        task_a = asyncio.ensure_future(gen(a, 8))
+        if trace is None:
+            await asyncio.sleep(0.05)
+        else:
+            for _ in range(2000):
+                await asyncio.sleep(0.002)
+                if os.path.exists(trace) and any(p["tokens"] == len(a) for line in open(trace) if line.strip()
+                                                 for p in json.loads(line)["prefill"]):
+                    break
+        return await asyncio.gather(task_a, gen(b, 8))
+
+    async def all_():
+        return await asyncio.gather(a_then_b(), *(gen(c, 150) for c in cs))
+
+    (out_a, out_b), *out_cs = engine.loop.run_until_complete(all_())
+    return [out_a, out_b, *out_cs]
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("model", MODELS)
+def test_adaptive_policy_pipelines_cohorts_exactly(model, model_path, tmp_path):
+    """Our policy runs a second cohort's first group while the first cohort runs a later group, in the same
+    decode forward, and still gives stock SGLang's tokens. With 280 tokens per group the 5-layer budget is 1400
+    token-layers: A (1200 tokens) gets 5 one-layer groups and leaves room for B (60 tokens) beside it."""
+    import random
+
+    rng = random.Random(5)
+    a, b, *cs = ([rng.randrange(0, 2045) for _ in range(n)] for n in (1200, 60, 10, 11, 12, 13))
+    trace = str(tmp_path / "t")
+    outputs = {}
+    for mode in ("stock", "adaptive"):
+        kw = {} if mode == "stock" else dict(
+            enable_layered_prefill=True, layered_prefill_policy="adaptive", layered_prefill_group_tokens=280,
+            layered_prefill_trace=trace)
+        engine = sgl_layered.Engine(model_path=model_path(model), **kw, **cpu.engine_kwargs())
+        try:
+            outputs[mode] = _pipelining_run(engine, a, b, cs, trace if mode == "adaptive" else None)
+        finally:
+            engine.shutdown()
+    assert outputs["adaptive"] == outputs["stock"]
+    rows = read(trace)
+    check_layered_schedule(rows, get_preset(model).num_layers, None, count_check=False)
+    pipelined = [r for r in rows if len(r["prefill"]) > 1]
+    assert pipelined, "the second cohort never ran beside the first"
+    assert all(r["decode_rows"] >= 1 for r in pipelined)  # fused into the decode forward
+
+
 @pytest.mark.engine
 def test_plugin_off_is_stock(stock_reference):
     """With layered prefill and the trace off, the plugin installs nothing in SGLang's scheduler."""

@@ -11,7 +11,7 @@ def read(path) -> list:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def check_layered_schedule(rows, num_layers, expected_groups):
+def check_layered_schedule(rows, num_layers, expected_groups, count_check=True):
     """Each cohort gets exactly `expected_groups(tokens)` passes covering layers 0..N-1 once, in order, in
     consecutive iterations; and every iteration carries every running decode request (no stall).
     Returns the number of layered iterations that also carried decode rows."""
@@ -27,7 +27,8 @@ def check_layered_schedule(rows, num_layers, expected_groups):
         covered = [i for lo, hi in ranges for i in range(lo, hi)]
         assert covered == list(range(num_layers)), f"cohort {cohort} covered layers {ranges}"
         tokens = passes[0][1]["tokens"]
-        assert len(passes) == expected_groups(tokens), f"cohort {cohort} ({tokens} tokens) ran {len(passes)} passes"
+        if count_check:
+            assert len(passes) == expected_groups(tokens), f"cohort {cohort} ({tokens} tokens) ran {len(passes)} passes"
         iters = [it for it, _ in passes]
         assert iters == list(range(iters[0], iters[0] + len(iters))), f"cohort {cohort} passes not consecutive: {iters}"
         assert [p["final"] for _, p in passes] == [False] * (len(passes) - 1) + [True]
