@@ -37,6 +37,11 @@ MODES: Dict[str, List[str]] = {
     "layered-G2": ["--enable-layered-prefill", "--layered-prefill-groups", "2"],
     "layered-G4": ["--enable-layered-prefill", "--layered-prefill-groups", "4"],
     "layered-G8": ["--enable-layered-prefill", "--layered-prefill-groups", "8"],
+    # Our policy (sgl_layered/core/adaptive.py): paper-equivalent per-iteration budget, pipelined cohorts,
+    # whole pass when nothing decodes, activation-stash budget.
+    "layered-ours": ["--enable-layered-prefill", "--layered-prefill-policy", "adaptive"],
+    "layered-ours+idle": ["--enable-layered-prefill", "--layered-prefill-policy", "adaptive",
+                          "--layered-prefill-switches", "adaptive,pipeline,stash,idle_whole"],
 }
 
 
@@ -76,6 +81,15 @@ def quick_plan() -> Plan:
         requests=6, prompt_scale=1 / 8, output_scale=1 / 16,
         slo={"sharegpt-like": [5.0, 0.5], "arxiv-like": [10.0, 0.5]},
         max_total_tokens=32768, quick=True)
+
+
+def policy_plan() -> Plan:
+    """Issue 4's comparison on the real CPU engine: the paper's rule vs our policy, same workload, one run."""
+    return Plan(
+        model="bench-qwen3-moe", routings={"model": ["layered-auto", "layered-ours", "layered-ours+idle"]},
+        rates={"sharegpt-like": [1.2], "arxiv-like": [0.6]}, requests=32, prompt_scale=1 / 8, output_scale=1 / 16,
+        slo={"sharegpt-like": [6.0, 1.0], "arxiv-like": [15.0, 1.0]},
+        sweep_rates_for=["layered-auto", "layered-ours", "layered-ours+idle"])
 
 
 def server_args(plan: Plan, mode: str, routing: str, trace: str) -> List[str]:
@@ -189,14 +203,16 @@ def _git_commit() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny model, few modes and requests (CI)")
+    ap.add_argument("--policies", action="store_true", help="paper rule vs our policy on the bench model")
     ap.add_argument("--out", default=None, help="output directory (default benchmarks/results/<quick|default>)")
     ap.add_argument("--requests", type=int, default=None, help="requests per run")
     args = ap.parse_args()
     cpu.apply_env()
-    plan = quick_plan() if args.quick else default_plan()
+    name = "quick" if args.quick else "policies" if args.policies else "default"
+    plan = {"quick": quick_plan, "policies": policy_plan, "default": default_plan}[name]()
     if args.requests:
         plan.requests = args.requests
-    out = args.out or os.path.join(HERE, "results", "quick" if args.quick else "default")
+    out = args.out or os.path.join(HERE, "results", name)
     report = run(plan, out)
     print(f"\nwrote {out}/results.json, results.csv and plots ({report['wall_time_s'] / 60:.1f} min)")
     for r in report["runs"]:

@@ -80,7 +80,7 @@ def _least_squares(n, sums) -> Optional[Tuple[float, float, float]]:
 class Switches:
     adaptive: bool = True
     pipeline: bool = True
-    idle_whole: bool = True
+    idle_whole: bool = False  # see config.layered_prefill_switches: off by default
     stash: bool = True
 
 
@@ -159,11 +159,15 @@ class AdaptivePolicy:
 
     def admission_token_cap(self, view: SchedulerView) -> int:
         """Most new prompt tokens the next cohort may bring: what fits in this iteration's prefill budget beside
-        the cohorts in flight, and in the activation-stash budget."""
+        the cohorts in flight (alone: what fits at one layer per group), and in the activation-stash budget."""
         cap = float(1 << 62)
         if view.cohorts:
             g0 = view.cohorts[0].groups[0]
             cap = (self.token_layer_budget(view) - self.in_flight_token_layers(view)) / (g0[1] - g0[0])
+        elif self.switches.adaptive and not (self.switches.idle_whole and view.decode_rows == 0):
+            # The paper admits every waiting prompt at once; past budget/1 tokens even one layer per group
+            # overruns the iteration budget (a token-gap spike). Larger backlogs form the next cohorts.
+            cap = self.token_layer_budget(view)
         if self.stash_budget_bytes is not None and self.stash_bytes_per_token > 0:
             used = sum(c.new_tokens for c in view.cohorts) * self.stash_bytes_per_token
             cap = min(cap, (self.stash_budget_bytes - used) / self.stash_bytes_per_token)

@@ -34,7 +34,9 @@ class LayeredConfig:
     # online to measured iteration times. Unset: each iteration carries the paper's per-iteration prefill work.
     layered_prefill_tbt_target_ms: Optional[float] = None
     # Adaptive policy improvements to enable (comma-separated subset of adaptive,pipeline,idle_whole,stash).
-    layered_prefill_switches: str = "adaptive,pipeline,idle_whole,stash"
+    # idle_whole is off by default: measured on the CPU engine, whole-prompt passes while nothing decodes block
+    # admission of new arrivals and grow the next cohorts (benchmarks/README.md).
+    layered_prefill_switches: str = "adaptive,pipeline,stash"
     # Adaptive policy: memory budget (MB) for the activation stash of cohorts in flight.
     layered_prefill_stash_budget_mb: float = 1024.0
     # Write one JSON line per forward iteration to this file (any mode, layered or not).

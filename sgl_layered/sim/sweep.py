@@ -33,7 +33,8 @@ def policy_factory(mode: str, sc: Scenario, switches: Optional[Switches] = None)
         return lambda: PaperPolicy(groups=None, tokens_per_group=512)
     if mode == "layered-ours":
         # Aim iterations a little under the token-gap SLO so queueing noise stays inside it.
-        return lambda: AdaptivePolicy(tbt_target_s=0.8 * sc.tbt_slo_s, switches=switches or Switches())
+        return lambda: AdaptivePolicy(tbt_target_s=0.8 * sc.tbt_slo_s,
+                                      switches=switches or Switches())
     raise ValueError(mode)
 
 
