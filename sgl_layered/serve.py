@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 from sgl_layered import cpu
@@ -48,10 +49,21 @@ class ServerProcess:
         self.stop()
         raise TimeoutError("server did not become healthy")
 
-    def flush_cache(self) -> None:
-        req = urllib.request.Request(self.url + "/flush_cache", method="POST")
-        with urllib.request.urlopen(req, timeout=60) as r:
-            r.read()
+    def flush_cache(self, timeout_s: float = 60) -> None:
+        """Empty the radix cache. SGLang refuses (HTTP 400) until the scheduler is idle, and it drops finished
+        requests from its running batch only on its next iteration, so a flush sent right after the last
+        response can be refused: retry until it succeeds or the timeout passes."""
+        deadline = time.time() + timeout_s
+        while True:
+            req = urllib.request.Request(self.url + "/flush_cache", method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    r.read()
+                return
+            except urllib.error.HTTPError as e:
+                if e.code != 400 or time.time() > deadline:
+                    raise
+            time.sleep(0.2)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -19,7 +19,7 @@ def _digest(path):
 
 @pytest.fixture()
 def fresh_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SGL_LAYERED_CACHE", str(tmp_path))
+    monkeypatch.setenv("SGLANG_LAYERED_CACHE", str(tmp_path))
     return tmp_path
 
 

@@ -10,6 +10,7 @@ from sgl_layered import cpu
 from sgl_layered.adapter import experts
 from sgl_layered.models import get_preset
 from trace_checks import read
+from workload import drain
 
 TINY = get_preset("tiny-qwen3-moe")
 BYTES_PER_EXPERT_FP32 = 3 * 64 * 64 * 4  # gate + up + down projections, hidden 64 x expert intermediate 64, fp32
@@ -75,6 +76,7 @@ def test_accounting_exact_with_forced_routing(model_path, tmp_path):
 
     try:
         engine.loop.run_until_complete(run())
+        drain(engine)
     finally:
         engine.shutdown()
     rows = read(trace)

@@ -8,7 +8,7 @@ from sgl_layered import cpu
 from sgl_layered.core.partition import paper_group_count
 from sgl_layered.models import get_preset
 from trace_checks import check_layered_schedule, read
-from workload import PREFIX_SHARING, prompts, run_staggered
+from workload import PREFIX_SHARING, drain, prompts, run_staggered
 
 MODELS = ["tiny-qwen3-moe", "tiny-mixtral"]
 
@@ -80,6 +80,7 @@ def _pipelining_run(engine, a, b, cs, trace=None):
         return await asyncio.gather(a_then_b(), *(gen(c, 150) for c in cs))
 
     (out_a, out_b), *out_cs = engine.loop.run_until_complete(all_())
+    drain(engine)
     return [out_a, out_b, *out_cs]
 
 

@@ -77,6 +77,7 @@ def test_server_matches_stock(model, groups, model_path, stock_reference, tmp_pa
             "model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5, "temperature": 0}).json()
         assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] == 5
         assert isinstance(r["choices"][0]["message"]["content"], str)
+        requests.get(server.url + "/get_server_info", timeout=60)  # drain: see workload.drain
 
     mismatched = [i for i, (a, b) in enumerate(zip(outputs, reference["outputs"])) if a != b]
     assert not mismatched, f"prompts {mismatched} differ from stock SGLang"

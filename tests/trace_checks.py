@@ -35,7 +35,9 @@ def check_layered_schedule(rows, num_layers, expected_groups, count_check=True):
         for rid in passes[-1][1]["rids"]:
             joined[rid] = iters[-1]
     finished = {rid: row["iter"] for row in rows for rid in row.get("finished", [])}
-    assert set(finished) == set(joined), "every request must join decode exactly once and finish"
+    assert set(finished) == set(joined), ("every request must join decode exactly once and finish: "
+                                          f"finished only {sorted(set(finished) - set(joined))}, "
+                                          f"joined only {sorted(set(joined) - set(finished))}")
     fused = 0
     for row in rows:
         t = row["iter"]

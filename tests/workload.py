@@ -47,4 +47,12 @@ def run_staggered(engine, ids_list, gap_s: float = 0.15, full: bool = False) -> 
     """Submit prompts one after another so later prefills arrive while earlier requests decode.
     Returns output token ids (or the full responses with `full`)."""
     outs = engine.loop.run_until_complete(_staggered(engine, ids_list, gap_s))
+    drain(engine)
     return outs if full else [o["output_ids"] for o in outs]
+
+
+def drain(engine) -> None:
+    """A round trip through the scheduler. A request's last tokens are sent while its iteration's results are
+    processed, before that iteration's trace line is written; the scheduler reads new requests only after
+    that, so once this returns every trace line of the finished requests is on disk."""
+    engine.get_server_info()

@@ -9,7 +9,10 @@ from typing import List, Optional, Tuple
 
 import torch
 from sglang.srt.managers.overlap_utils import resolve_forward_inputs
+from sglang.srt.managers.schedule_batch import FINISH_ABORT
+from sglang.srt.managers.scheduler import _make_abort_req
 from sglang.srt.managers.utils import GenerationBatchResult
+from sglang.srt.mem_cache.common import release_kv_cache
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 
 from sgl_layered.core.adaptive import AdaptivePolicy, Switches
@@ -172,3 +175,59 @@ class LayeredRuntime:
         cohort.forward_batch = None
         self.cohorts.remove(cohort)
         self.completed.append(cohort)
+
+    # -- aborts -------------------------------------------------------------------------------------
+    def stage_of(self, rid_prefix: str, abort_all: bool = False) -> List[Tuple[str, str]]:
+        """Where the matching requests stand (for the trace): 'queued', 'layers k/G' (k groups done) or
+        'decode'. SGLang matches abort ids by prefix, so do we."""
+        def hit(req):
+            return abort_all or req.rid.startswith(rid_prefix)
+        found = [(r.rid, "queued") for r in self.scheduler.waiting_queue if hit(r)]
+        for c in self.cohorts:
+            found += [(r.rid, f"layers {c.next_group}/{len(c.groups)}") for r in c.batch.reqs if hit(r)]
+        for c in self.completed:
+            found += [(r.rid, "decode") for r in c.batch.reqs if hit(r)]
+        running = self.scheduler.running_batch
+        found += [(r.rid, "decode") for r in running.reqs if hit(r) and not r.finished()]
+        return found
+
+    def cancel_aborted(self) -> List[str]:
+        """Drop every cohort whose requests were all aborted, now rather than after its remaining groups:
+        its KV slots (never shared: it is not in the radix cache) and stashed activations are freed at once.
+        A cohort with some live requests runs on; SGLang ends its aborted ones when it samples, as it ends
+        any aborted running request. Called between iterations, when no cohort is mid-forward."""
+        cancelled = []
+        for cohort in [c for c in self.cohorts if all(isinstance(r.to_finish, FINISH_ABORT) for r in c.batch.reqs)]:
+            for req in cohort.batch.reqs:
+                req.finished_reason, req.to_finish = req.to_finish, None
+                self.scheduler._release_aborted_request(req)
+                # No checkpoint: the KV is partial and must never enter the radix cache.
+                release_kv_cache(req, self.scheduler.tree_cache, checkpoint=False)
+                self.scheduler.send_abort_output(_make_abort_req(req), req)
+                cancelled.append(req.rid)
+            cohort.release_activations()
+            cohort.forward_batch = None
+            self.cohorts.remove(cohort)
+            logger.info("layered prefill: cohort %d cancelled after %d of %d groups (all requests aborted)",
+                        cohort.cohort_id, cohort.next_group, len(cohort.groups))
+        return cancelled
+
+    def pool_state(self) -> dict:
+        """KV and request-slot accounting, for leak checks: when idle, kv_available + kv_evictable equals
+        kv_total and req_slots_free equals req_slots_total."""
+        s = self.scheduler
+        checker = getattr(s, "invariant_checker", None)
+        return {
+            "kv_total": int(s.max_total_num_tokens),
+            "kv_available": int(s.token_to_kv_pool_allocator.available_size()),
+            "kv_evictable": int(s.tree_cache.evictable_size()),
+            "kv_protected": int(s.tree_cache.protected_size()),
+            "req_slots_free": len(s.req_to_token_pool.free_slots),
+            "req_slots_total": int(s.req_to_token_pool.size),
+            "cohorts_in_flight": len(self.cohorts),
+            "stash_bytes": sum(c.stash.nbytes() for c in self.cohorts if c.stash is not None),
+            "waiting": len(s.waiting_queue),
+            "running": s.running_batch.batch_size(),
+            "sglang_leak_warnings": int(getattr(checker, "count_memory_leak_warnings", 0))
+            + int(getattr(checker, "count_req_pool_leak_warnings", 0)),
+        }

@@ -53,6 +53,10 @@ class IterationObserver:
             self.trace.begin(iteration_no, summary)
         self._summaries.append(summary)
 
+    def note_aborts(self, aborts) -> None:
+        if self.trace is not None:
+            self.trace.note(aborts=aborts)
+
     def forward_done(self) -> None:
         if self.trace is not None:
             self.trace.forward_done()

@@ -136,12 +136,29 @@ class LayeredScheduler(Scheduler):
         if self._observer is not None:
             self._observer.end(processed)
 
-    # -- bookkeeping SGLang does over "all in-flight requests" must see the cohort too ---------------
+    # -- bookkeeping SGLang does over "all in-flight requests" must see the cohorts too --------------
     def _collect_inflight_batches(self):
         batches = super()._collect_inflight_batches()
         if self._layered is not None:
-            batches = [*batches, *(c.batch for c in self._layered.cohorts)]
+            # Cohorts mid-layers, and one that sampled last iteration but has not merged into decode yet.
+            batches = [*batches, *(c.batch for c in (*self._layered.cohorts, *self._layered.completed))]
         return batches
+
+    def abort_request(self, recv_req):
+        if self._layered is None:
+            return super().abort_request(recv_req)
+        stages = self._layered.stage_of(recv_req.rid or "", recv_req.abort_all)
+        super().abort_request(recv_req)  # queued: removed; in flight (cohorts included): marked to finish
+        cancelled = set(self._layered.cancel_aborted())
+        if self._observer is not None and stages:
+            self._observer.note_aborts([{"rid": rid, "stage": stage, "freed_now": rid in cancelled}
+                                        for rid, stage in stages])
+
+    def get_internal_state(self, recv_req):
+        out = super().get_internal_state(recv_req)
+        if self._layered is not None:
+            out.internal_state["sgl_layered"] = self._layered.pool_state()
+        return out
 
     def is_fully_idle(self, *args, **kwargs) -> bool:
         if self._layered is not None and self._layered.cohorts:

@@ -5,7 +5,9 @@ processed), mode, decode_rows, and prefill: one entry per prompt piece with its 
 count (and per request, req_tokens) and the layer range [start, end) it ran ([0, num_layers) for a stock
 prefill or chunk); finished: ids of the requests that finished in this iteration. With expert accounting:
 experts (per-layer rows / distinct experts, loaded and prompt-attributable bytes) and, per piece,
-expert_bytes (its share of the prompt-attributable bytes).
+expert_bytes (its share of the prompt-attributable bytes). In layered mode, aborts: the aborts received
+since the previous iteration, each with the request's stage then (queued, 'layers k/G', decode) and whether
+its slots were freed at once (a cohort whose requests were all aborted is dropped before its next group).
 """
 
 from __future__ import annotations
@@ -50,9 +52,17 @@ class TraceWriter:
         self.num_layers = num_layers
         self._file = open(path, "a", buffering=1)
         self._open = collections.deque()
+        self._notes = {}
+
+    def note(self, **fields) -> None:
+        """Events between iterations, recorded with the next iteration."""
+        for key, items in fields.items():
+            self._notes.setdefault(key, []).extend(items)
 
     def begin(self, iteration_no: int, summary: dict) -> None:
-        self._open.append({"iter": iteration_no, "start": time.time(), "num_layers": self.num_layers, **summary})
+        notes, self._notes = self._notes, {}
+        self._open.append({"iter": iteration_no, "start": time.time(), "num_layers": self.num_layers, **summary,
+                           **notes})
 
     def forward_done(self) -> None:
         """run_batch returned (on a GPU with the overlap loop: the forward was launched, not finished)."""

@@ -7,7 +7,8 @@ import os
 from dataclasses import asdict, dataclass, fields
 from typing import Optional, Union
 
-ENV_VAR = "SGL_LAYERED_CONFIG"  # carries the settings from the launching process into SGLang's children
+# Carries the settings from the launching process into SGLang's children. Not SGL_*: SGLang renames those.
+ENV_VAR = "SGLANG_LAYERED_CONFIG"
 ROUTINGS = ("model", "calibrated", "forced-rows")
 POLICIES = ("paper", "adaptive")
 SWITCHES = ("adaptive", "pipeline", "idle_whole", "stash")

@@ -22,7 +22,7 @@ FORMAT_VERSION = 1
 
 
 def cache_root() -> Path:
-    env = os.environ.get("SGL_LAYERED_CACHE")
+    env = os.environ.get("SGLANG_LAYERED_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "sgl_layered"
 
 
