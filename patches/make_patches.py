@@ -27,6 +27,18 @@ def edit(path: str, replacements):
     return path, text, new
 
 
+def decorate_layer_forward(path: str, cls: str, import_anchor: str):
+    """The 0004 edit for one model file: the decoder layer's forward gets the fused-pass decorator."""
+    text = (ROOT / path).read_text()
+    at = text.index("    def forward(", text.index(f"class {cls}("))
+    new = text[:at] + "    @layered_prefill.fuse_prompt_rows  # joins the cohort rows inside the active layer group\n" \
+        + text[at:]
+    if new.count(import_anchor) != 1:
+        raise SystemExit(f"{path}: import anchor found {new.count(import_anchor)} times")
+    new = new.replace(import_anchor, import_anchor + "\nfrom sglang.srt import layered_prefill")
+    return path, text, new
+
+
 def write_catalog_md(catalog) -> None:
     from sgl_layered.adapter.hooks import HOOKS
 
@@ -138,7 +150,16 @@ def main(out_dir: Path = HERE) -> None:
                  'from sglang.srt import layered_prefill\n'
                  'from sglang.srt.layers.layer_boundary.residual import batch as residual_batch\n'),
             ]),
+            decorate_layer_forward("sglang/srt/models/qwen2_moe.py", "Qwen2MoeDecoderLayer", "from torch import nn"),
+            decorate_layer_forward("sglang/srt/models/llama.py", "LlamaDecoderLayer", "from torch import nn"),
+            decorate_layer_forward("sglang/srt/models/qwen3.py", "Qwen3DecoderLayer", "from torch import nn"),
         ],
+        "0007-qwen2-moe-shared-expert-gate-on-cpu.patch": [edit("sglang/srt/models/qwen2_moe.py", [
+            ('from sglang.kernels.ops.elementwise.elementwise import (\n'
+             '    fused_gate_sigmoid_mul,\n    fused_gate_sigmoid_mul_add,\n)\n',
+             'from sglang.srt.layered_prefill.cpu_ops import (  # Triton on CUDA, torch elsewhere\n'
+             '    fused_gate_sigmoid_mul,\n    fused_gate_sigmoid_mul_add,\n)\n'),
+        ])],
         "0005-decode-graph-eager-during-layered-pass.patch": [
             edit("sglang/srt/model_executor/runner/decode_cuda_graph_runner.py", [
                 ('    def can_run_graph(self, forward_batch: ForwardBatch):\n'

@@ -18,6 +18,11 @@ cpu.apply_env()
 
 _REFERENCE = {}
 
+# Stock SGLang 0.5.23 cannot run Qwen2-MoE on CPU (its shared-expert gate is a Triton kernel). Its reference
+# loads our plugin with layered prefill off (the trace on, to a scratch file): SGLang's own unchunked schedule
+# plus only the CPU stand-in for that gate.
+_NEEDS_CPU_GATE = {"tiny-qwen2-moe"}
+
 
 @pytest.fixture(scope="session")
 def model_path():
@@ -34,7 +39,13 @@ def stock_reference(model_path):
 
     def get(name):
         if name not in _REFERENCE:
-            engine = sgl_layered.Engine(model_path=model_path(name), **cpu.engine_kwargs(chunked_prefill_size=-1))
+            extra = {}
+            if name in _NEEDS_CPU_GATE:
+                import tempfile
+
+                extra["layered_prefill_trace"] = tempfile.mkstemp(suffix=".jsonl")[1]
+            engine = sgl_layered.Engine(model_path=model_path(name), **extra,
+                                        **cpu.engine_kwargs(chunked_prefill_size=-1))
             try:
                 info = engine._scheduler_init_result.scheduler_infos[0]
                 outputs = run_staggered(engine, prompts())

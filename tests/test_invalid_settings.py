@@ -43,11 +43,16 @@ def test_knobs_without_the_feature_are_rejected(model_path):
         sgl_layered.Engine(model_path=model_path("tiny-qwen3-moe"), layered_prefill_groups=3, **cpu.engine_kwargs())
 
 
-def test_unsupported_architecture_is_named(tmp_path):
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+@pytest.mark.parametrize("arch,model_type,reason", [
+    ("DeepseekV2ForCausalLM", "deepseek_v2", "MLA attention"),
+    ("GptOssForCausalLM", "gpt_oss", "attention sinks"),
+    ("Gemma2ForCausalLM", "gemma2", "supported: "),
+])
+def test_unsupported_architecture_is_named(tmp_path, arch, model_type, reason):
+    config = {"architectures": [arch], "model_type": model_type, "hidden_size": 64, "head_dim": 16,
               "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 256}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(LayeredConfigError, match="does not support model architecture 'LlamaForCausalLM'"):
+    with pytest.raises(LayeredConfigError, match=f"does not support model architecture '{arch}' yet.*{reason}"):
         _engine(str(tmp_path))
 
 

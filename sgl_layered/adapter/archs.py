@@ -15,19 +15,37 @@ from dataclasses import dataclass
 class ArchSpec:
     architecture: str  # HF `architectures[0]`
     decoder_layer: str  # dotted path of the decoder-layer class whose forward we wrap
+    label: str  # for logs and the hook table
+    moe: bool = True  # dense models run layered too, but gain nothing (no expert weights to re-stream)
 
 
 SUPPORTED = {
     a.architecture: a
     for a in (
-        ArchSpec("Qwen3MoeForCausalLM", "sglang.srt.models.qwen3_moe.Qwen3MoeDecoderLayer"),
-        ArchSpec("MixtralForCausalLM", "sglang.srt.models.mixtral.MixtralDecoderLayer"),
+        ArchSpec("Qwen3MoeForCausalLM", "sglang.srt.models.qwen3_moe.Qwen3MoeDecoderLayer", "Qwen3-MoE"),
+        ArchSpec("MixtralForCausalLM", "sglang.srt.models.mixtral.MixtralDecoderLayer", "Mixtral"),
+        ArchSpec("Qwen2MoeForCausalLM", "sglang.srt.models.qwen2_moe.Qwen2MoeDecoderLayer", "Qwen2-MoE"),
+        ArchSpec("LlamaForCausalLM", "sglang.srt.models.llama.LlamaDecoderLayer", "Llama, dense", moe=False),
+        ArchSpec("Qwen3ForCausalLM", "sglang.srt.models.qwen3.Qwen3DecoderLayer", "Qwen3, dense", moe=False),
     )
 }
 
 
+# Architectures our users ask about that are refused for a known reason (see the README's model table).
+NOT_YET = {
+    "DeepseekV2ForCausalLM": "its MLA attention keeps a compressed latent KV whose prefill and decode paths differ; "
+                             "the fused pass has not been wired to them (and stock SGLang 0.5.23 cannot run it on "
+                             "CPU: its CPU rotary path needs rope_scaling, then torch_native extend attention fails "
+                             "on MLA head sizes)",
+    "DeepseekV3ForCausalLM": "same MLA attention as DeepSeek-V2 (see there)",
+    "GptOssForCausalLM": "its attention sinks and sliding windows need backend support the fused pass does not "
+                         "split yet, and SGLang 0.5.23 does not run it on CPU",
+}
+
+
 def unsupported_message(architecture: str) -> str:
-    return (f"layered prefill does not support model architecture {architecture!r} yet "
+    why = f": {NOT_YET[architecture]}" if architecture in NOT_YET else ""
+    return (f"layered prefill does not support model architecture {architecture!r} yet{why} "
             f"(supported: {', '.join(sorted(SUPPORTED))})")
 
 

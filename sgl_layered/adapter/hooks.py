@@ -12,8 +12,11 @@ one of them, in every SGLang child process of that launch.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from dataclasses import dataclass
+
+from .archs import SUPPORTED
 
 MAIN = "main"
 SCHEDULER = "scheduler"
@@ -27,8 +30,11 @@ class Hook:
     process: str  # MAIN or SCHEDULER
     why: str
     only_for_experts: bool = False  # installed only with expert accounting or a routing override
+    only_on_cpu_engine: bool = False  # installed only in SGLang's CPU engine (SGLANG_USE_CPU_ENGINE=1)
 
     def wanted(self, config) -> bool:
+        if self.only_on_cpu_engine and os.environ.get("SGLANG_USE_CPU_ENGINE") != "1":
+            return False
         return not self.only_for_experts or (config is not None and config.needs_expert_hook)
 
 
@@ -44,12 +50,9 @@ HOOKS: tuple = (
     Hook("sglang.srt.managers.scheduler.Scheduler", "REPLACE", "sgl_layered.adapter.scheduler:LayeredScheduler",
          SCHEDULER, "admit prompts as cohorts, run one layer group per iteration with the decode batch, "
                     "merge a cohort into decode only after its last group; record the per-iteration trace"),
-    Hook("sglang.srt.models.qwen3_moe.Qwen3MoeDecoderLayer.forward", "AROUND",
-         "sgl_layered.adapter.fused_pass:decoder_layer_hook", SCHEDULER,
-         "splice the cohort's prompt rows into the decode forward inside the active layer group (Qwen3-MoE)"),
-    Hook("sglang.srt.models.mixtral.MixtralDecoderLayer.forward", "AROUND",
-         "sgl_layered.adapter.fused_pass:decoder_layer_hook", SCHEDULER,
-         "splice the cohort's prompt rows into the decode forward inside the active layer group (Mixtral)"),
+    *(Hook(spec.decoder_layer + ".forward", "AROUND", "sgl_layered.adapter.fused_pass:decoder_layer_hook",
+           SCHEDULER, f"splice the cohort's prompt rows into the decode forward inside the active layer group "
+                      f"({spec.label})") for spec in SUPPORTED.values()),
     Hook("sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.can_run_graph",
          "AROUND", "sgl_layered.adapter.cli:no_graph_during_layered_pass", SCHEDULER,
          "iterations carrying a layered pass run eager (a graph replay would skip the spliced rows); "
@@ -57,6 +60,11 @@ HOOKS: tuple = (
     Hook("sglang.srt.layers.moe.topk.select_experts", "AROUND", "sgl_layered.adapter.experts:select_experts_hook",
          SCHEDULER, "count distinct experts per MoE layer per forward (expert-load accounting) and apply the "
                     "opt-in calibrated routing for random-weight benchmark models", only_for_experts=True),
+    *(Hook(f"sglang.srt.models.qwen2_moe.{name}", "REPLACE", f"sgl_layered.adapter.cpu_ops:{impl}", SCHEDULER,
+           "Qwen2-MoE's shared-expert gate is a Triton kernel with no CPU path: a pure-torch equivalent, in "
+           "SGLang's CPU engine only (a GPU launch keeps the kernel)", only_on_cpu_engine=True)
+      for name, impl in (("fused_gate_sigmoid_mul", "gate_sigmoid_mul"),
+                         ("fused_gate_sigmoid_mul_add", "gate_sigmoid_mul_add"))),
 )
 
 
@@ -110,9 +118,9 @@ def applied(hook: Hook) -> bool:
     owner, attr = hook.target.rsplit(".", 1)
     live = getattr(pkgutil.resolve_name(owner), attr)
     live = getattr(live, "__func__", live)
-    if hook.kind == "REPLACE":
-        return live is resolve_impl(hook)
-    return getattr(live, "__wrapped__", None) is not None
+    if hook.kind == "REPLACE" and isinstance(resolve_impl(hook), type):
+        return live is resolve_impl(hook)  # a class is substituted as is
+    return getattr(live, "__wrapped__", None) is not None  # functions are wrapped (AROUND and REPLACE alike)
 
 
 def verify(process: str, config=None) -> list:

@@ -67,6 +67,15 @@ class LayeredScheduler(Scheduler):
                                "config": self._sgl_layered_config.to_json()}
         return info
 
+    # -- requests -----------------------------------------------------------------------------------
+    def _add_request_to_queue(self, req, is_retracted: bool = False):
+        # SGLang 0.5.23 accepts an empty prompt and then crashes the scheduler on its zero-row forward (its
+        # CPU MoE cannot reshape zero rows). Refuse it the way SGLang refuses an over-long prompt: a clear
+        # abort to the client, after a one-token placeholder prefill.
+        if not is_retracted and len(req.origin_input_ids) == 0 and req.to_finish is None:
+            req.set_finish_with_abort("The prompt is empty: send at least one input token.")
+        return super()._add_request_to_queue(req, is_retracted=is_retracted)
+
     # -- scheduling ---------------------------------------------------------------------------------
     def _should_defer_prefill(self, running_batch) -> bool:
         if self._layered is not None and not self._layered.may_admit(running_batch):

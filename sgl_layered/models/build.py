@@ -27,7 +27,10 @@ def cache_root() -> Path:
 
 
 def preset_digest(preset: ModelPreset) -> str:
-    blob = json.dumps({"format": FORMAT_VERSION, **asdict(preset)}, sort_keys=True).encode()
+    fields = asdict(preset)
+    if not fields["shared_expert_intermediate"]:  # added later; absent keeps earlier presets' cache paths
+        del fields["shared_expert_intermediate"]
+    blob = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -43,7 +46,6 @@ def hf_config(p: ModelPreset, eos_id: int) -> dict:
         "num_attention_heads": p.heads,
         "num_key_value_heads": p.kv_heads,
         "head_dim": p.head_dim,
-        "num_experts_per_tok": p.top_k,
         "max_position_embeddings": p.max_positions,
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
@@ -53,6 +55,8 @@ def hf_config(p: ModelPreset, eos_id: int) -> dict:
         "eos_token_id": eos_id,
         "bos_token_id": None,
     }
+    if p.num_experts:
+        common["num_experts_per_tok"] = p.top_k
     if p.architecture == "qwen3_moe":
         return {
             **common,
@@ -76,7 +80,33 @@ def hf_config(p: ModelPreset, eos_id: int) -> dict:
             "intermediate_size": p.expert_intermediate,
             "sliding_window": None,
         }
+    if p.architecture == "qwen2_moe":
+        return {
+            **common,
+            "architectures": ["Qwen2MoeForCausalLM"],
+            "model_type": "qwen2_moe",
+            "num_experts": p.num_experts,
+            "moe_intermediate_size": p.expert_intermediate,
+            "shared_expert_intermediate_size": p.shared_expert_intermediate,
+            "intermediate_size": p.shared_expert_intermediate,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+            "norm_topk_prob": False,
+            "use_sliding_window": False,
+        }
+    if p.architecture == "llama":
+        return {**common, "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                "intermediate_size": p.expert_intermediate, "attention_bias": False}
+    if p.architecture == "qwen3":
+        return {**common, "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+                "intermediate_size": p.expert_intermediate, "attention_bias": False, "use_sliding_window": False}
     raise ValueError(f"no builder for architecture {p.architecture!r}")
+
+
+def _dense_mlp(pre: str, hidden: int, width: int):
+    yield pre + "gate_proj.weight", (width, hidden), "linear"
+    yield pre + "up_proj.weight", (width, hidden), "linear"
+    yield pre + "down_proj.weight", (hidden, width), "linear"
 
 
 def _weight_names(p: ModelPreset):
@@ -89,12 +119,21 @@ def _weight_names(p: ModelPreset):
         yield pre + "post_attention_layernorm.weight", (h,), "norm"
         for name, shape in (("q_proj", (q, h)), ("k_proj", (kv, h)), ("v_proj", (kv, h)), ("o_proj", (h, q))):
             yield pre + f"self_attn.{name}.weight", shape, "linear"
-        if p.architecture == "qwen3_moe":
+        if p.architecture in ("qwen3_moe", "qwen3"):
             yield pre + "self_attn.q_norm.weight", (p.head_dim,), "norm"
             yield pre + "self_attn.k_norm.weight", (p.head_dim,), "norm"
-            moe, names = pre + "mlp.", ("gate_proj", "up_proj", "down_proj")
-        else:
+        if p.architecture == "qwen2_moe":  # Qwen2 attention has q/k/v biases
+            for name, width in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
+                yield pre + f"self_attn.{name}.bias", (width,), "bias"
+            yield from _dense_mlp(pre + "mlp.shared_expert.", h, p.shared_expert_intermediate)
+            yield pre + "mlp.shared_expert_gate.weight", (1, h), "router"
+        if not p.num_experts:
+            yield from _dense_mlp(pre + "mlp.", h, p.expert_intermediate)
+            continue
+        if p.architecture == "mixtral":
             moe, names = pre + "block_sparse_moe.", ("w1", "w3", "w2")
+        else:
+            moe, names = pre + "mlp.", ("gate_proj", "up_proj", "down_proj")
         yield moe + "gate.weight", (p.num_experts, h), "router"
         for e in range(p.num_experts):
             gate, up, down = names
@@ -116,6 +155,8 @@ def _write_weights(p: ModelPreset, out: Path, shard_bytes: int = 1 << 30) -> Non
     for name, shape, kind in _weight_names(p):
         if kind == "norm":
             t = torch.ones(shape)
+        elif kind == "bias":
+            t = torch.randn(shape, generator=gen) * 0.02
         elif kind == "router":
             # Routers get a larger scale than other projections so expert choice depends on the token.
             t = torch.randn(shape, generator=gen) * (1.0 / shape[1] ** 0.5)

@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class ModelPreset:
     name: str
-    architecture: str  # "qwen3_moe" | "mixtral"
+    architecture: str  # "qwen3_moe" | "mixtral" | "qwen2_moe" | dense: "llama" | "qwen3"
     num_layers: int
     hidden: int
     heads: int
     kv_heads: int
     head_dim: int
-    num_experts: int
+    num_experts: int  # 0: a dense model (expert_intermediate is then its MLP width)
     top_k: int
     expert_intermediate: int
+    shared_expert_intermediate: int = 0  # qwen2_moe: the gated shared expert's width
     vocab_size: int = 2048
     max_positions: int = 16384
     seed: int = 0
@@ -43,6 +44,13 @@ PRESETS: dict[str, ModelPreset] = {
                     head_dim=16, num_experts=8, top_k=2, expert_intermediate=64),
         ModelPreset("tiny-mixtral", "mixtral", num_layers=5, hidden=64, heads=4, kv_heads=2,
                     head_dim=16, num_experts=8, top_k=2, expert_intermediate=64),
+        ModelPreset("tiny-qwen2-moe", "qwen2_moe", num_layers=5, hidden=64, heads=4, kv_heads=2,
+                    head_dim=16, num_experts=8, top_k=2, expert_intermediate=64, shared_expert_intermediate=128),
+        # Dense models: layered prefill runs them too, and gains nothing there (no experts to re-stream).
+        ModelPreset("tiny-llama", "llama", num_layers=5, hidden=64, heads=4, kv_heads=2,
+                    head_dim=16, num_experts=0, top_k=0, expert_intermediate=128),
+        ModelPreset("tiny-qwen3", "qwen3", num_layers=5, hidden=64, heads=4, kv_heads=2,
+                    head_dim=16, num_experts=0, top_k=0, expert_intermediate=128),
         # 8 layers x 64 experts x 3 x 512 x 512 x 2 bytes = 805 MB of expert weights.
         ModelPreset("bench-qwen3-moe", "qwen3_moe", num_layers=8, hidden=512, heads=8, kv_heads=4,
                     head_dim=64, num_experts=64, top_k=8, expert_intermediate=512),
