@@ -19,6 +19,8 @@ def prompts(vocab_size: int = 2048, seed: int = 1234, lengths=PROMPT_LENGTHS) ->
     """Seeded random token-id prompts (ids below the chat markers, which sit at the top of the vocab)."""
     rng = random.Random(seed)
     out = [[rng.randrange(0, vocab_size - 3) for _ in range(n)] for n in lengths]
+    if lengths is not PROMPT_LENGTHS:
+        return out
     for index, (base, extra) in sorted(PREFIX_SHARING.items()):
         assert index == len(out)
         out.append(out[base] + [rng.randrange(0, vocab_size - 3) for _ in range(extra)])
@@ -29,24 +31,25 @@ def greedy(max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
     return {"max_new_tokens": max_new_tokens, "temperature": 0.0, "ignore_eos": True}
 
 
-async def _staggered(engine, ids_list, gap_s: float):
+async def _staggered(engine, ids_list, gap_s: float, max_new_tokens: int):
     tasks = []
 
     async def one(i, ids):
         await asyncio.sleep(i * gap_s)
         if i in PREFIX_SHARING:  # its prefix must be in the radix cache: wait until that request is done
             await tasks[PREFIX_SHARING[i][0]]
-        return await engine.async_generate(input_ids=ids, sampling_params=greedy())
+        return await engine.async_generate(input_ids=ids, sampling_params=greedy(max_new_tokens))
 
     for i, ids in enumerate(ids_list):
         tasks.append(asyncio.ensure_future(one(i, ids)))
     return await asyncio.gather(*tasks)
 
 
-def run_staggered(engine, ids_list, gap_s: float = 0.15, full: bool = False) -> list:
+def run_staggered(engine, ids_list, gap_s: float = 0.15, full: bool = False,
+                  max_new_tokens: int = MAX_NEW_TOKENS) -> list:
     """Submit prompts one after another so later prefills arrive while earlier requests decode.
     Returns output token ids (or the full responses with `full`)."""
-    outs = engine.loop.run_until_complete(_staggered(engine, ids_list, gap_s))
+    outs = engine.loop.run_until_complete(_staggered(engine, ids_list, gap_s, max_new_tokens))
     drain(engine)
     return outs if full else [o["output_ids"] for o in outs]
 

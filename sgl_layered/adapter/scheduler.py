@@ -72,8 +72,11 @@ class LayeredScheduler(Scheduler):
         # SGLang 0.5.23 accepts an empty prompt and then crashes the scheduler on its zero-row forward (its
         # CPU MoE cannot reshape zero rows). Refuse it the way SGLang refuses an over-long prompt: a clear
         # abort to the client, after a one-token placeholder prefill.
-        if not is_retracted and len(req.origin_input_ids) == 0 and req.to_finish is None:
-            req.set_finish_with_abort("The prompt is empty: send at least one input token.")
+        # Token ids outside the vocabulary likewise reach the embedding and kill the scheduler process.
+        if not is_retracted and req.to_finish is None:
+            problem = _input_problem(req.origin_input_ids, int(self.model_config.vocab_size))
+            if problem:
+                req.set_finish_with_abort(problem)
         return super()._add_request_to_queue(req, is_retracted=is_retracted)
 
     # -- scheduling ---------------------------------------------------------------------------------
@@ -173,3 +176,13 @@ class LayeredScheduler(Scheduler):
         if self._layered is not None and self._layered.cohorts:
             return False
         return super().is_fully_idle(*args, **kwargs)
+
+
+def _input_problem(ids, vocab_size: int):
+    if len(ids) == 0:
+        return "The prompt is empty: send at least one input token."
+    low, high = min(ids), max(ids)
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        return f"Input token id {bad} is outside the model's vocabulary (ids 0..{vocab_size - 1})."
+    return None
