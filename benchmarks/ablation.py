@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/ablation.py            # default sweep (CPU, bench-size model, ~20 min)
     .venv/bin/python benchmarks/ablation.py --quick    # CI smoke run (tiny model, a minute or two)
+    .venv/bin/python benchmarks/ablation.py --dense    # the same comparison on a dense model (bench-qwen3)
 
 For each routing (the model's own, and the calibrated one) and mode (SGLang default, chunked + mixed at 512
 and 2048, layered auto, layered with fixed G), one SGLang server serves every workload (ShareGPT-like and
@@ -59,6 +60,7 @@ class Plan:
     seed: int = 0
     quick: bool = False
     sweep_rates_for: List[str] = field(default_factory=list)  # (routing "model") modes run at every rate
+    expert_accounting: bool = True  # off for dense models (no experts to count)
 
 
 def default_plan() -> Plan:
@@ -92,12 +94,23 @@ def policy_plan() -> Plan:
         sweep_rates_for=["layered-auto", "layered-ours", "layered-ours+idle"])
 
 
+def dense_plan() -> Plan:
+    """Issue 5: a dense model gains nothing from layering (no expert weights re-streamed per chunk); shown, not
+    assumed. Same workloads, rates and SLOs as the default sweep's first rate."""
+    modes = ["sglang-default", "chunked-512", "layered-auto", "layered-ours"]
+    return Plan(
+        model="bench-qwen3", routings={"model": modes},
+        rates={"sharegpt-like": [0.6], "arxiv-like": [0.3]}, requests=10, prompt_scale=1 / 8, output_scale=1 / 16,
+        slo={"sharegpt-like": [6.0, 1.0], "arxiv-like": [15.0, 1.0]}, expert_accounting=False)
+
+
 def server_args(plan: Plan, mode: str, routing: str, trace: str) -> List[str]:
     # fp32: on this CPU (AVX-512, no AMX) SGLang's fp32 path is ~1.7x faster than bf16; expert bytes are
     # accounted in the dtype that actually runs.
+    accounting = ["--layered-prefill-expert-accounting", "--layered-prefill-routing", routing] \
+        if plan.expert_accounting else []
     return [*cpu.server_args(plan.max_total_tokens, "float32"), "--sleep-on-idle", *MODES[mode],
-            "--layered-prefill-trace", trace, "--layered-prefill-expert-accounting",
-            "--layered-prefill-routing", routing]
+            "--layered-prefill-trace", trace, *accounting]
 
 
 def read_new_rows(path: str, offset: int):
@@ -204,12 +217,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny model, few modes and requests (CI)")
     ap.add_argument("--policies", action="store_true", help="paper rule vs our policy on the bench model")
+    ap.add_argument("--dense", action="store_true", help="layered vs chunked on a dense model (bench-qwen3)")
     ap.add_argument("--out", default=None, help="output directory (default benchmarks/results/<quick|default>)")
     ap.add_argument("--requests", type=int, default=None, help="requests per run")
     args = ap.parse_args()
     cpu.apply_env()
-    name = "quick" if args.quick else "policies" if args.policies else "default"
-    plan = {"quick": quick_plan, "policies": policy_plan, "default": default_plan}[name]()
+    name = "quick" if args.quick else "policies" if args.policies else "dense" if args.dense else "default"
+    plan = {"quick": quick_plan, "policies": policy_plan, "dense": dense_plan, "default": default_plan}[name]()
     if args.requests:
         plan.requests = args.requests
     out = args.out or os.path.join(HERE, "results", name)

@@ -170,6 +170,14 @@ def main(out_dir: Path = HERE) -> None:
                  '            return False\n'
                  '        # Disable for token embedding overrides (dynamic per-request)\n'),
             ]),
+            edit("sglang/srt/model_executor/cpu_graph_runner.py", [
+                ('    def can_run_graph(self, forward_batch: ForwardBatch):\n        is_bs_supported = (\n',
+                 '    def can_run_graph(self, forward_batch: ForwardBatch):\n'
+                 '        from sglang.srt.layered_prefill import is_active as layered_pass_active\n\n'
+                 '        if layered_pass_active():  # a replay would skip the spliced prompt rows\n'
+                 '            return False\n'
+                 '        is_bs_supported = (\n'),
+            ]),
         ],
         "0006-moe-routing-accounting.patch": [
             edit("sglang/srt/layers/moe/topk.py", [

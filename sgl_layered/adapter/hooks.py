@@ -57,6 +57,9 @@ HOOKS: tuple = (
          "AROUND", "sgl_layered.adapter.cli:no_graph_during_layered_pass", SCHEDULER,
          "iterations carrying a layered pass run eager (a graph replay would skip the spliced rows); "
          "decode-only iterations keep SGLang's decode CUDA graph"),
+    Hook("sglang.srt.model_executor.cpu_graph_runner.CPUGraphRunner.can_run_graph", "AROUND",
+         "sgl_layered.adapter.cli:no_graph_during_layered_pass", SCHEDULER,
+         "the same for SGLang's CPU graph runner (CPU engine with graphs on)"),
     Hook("sglang.srt.layers.moe.topk.select_experts", "AROUND", "sgl_layered.adapter.experts:select_experts_hook",
          SCHEDULER, "count distinct experts per MoE layer per forward (expert-load accounting) and apply the "
                     "opt-in calibrated routing for random-weight benchmark models", only_for_experts=True),

@@ -56,6 +56,10 @@ PRESETS: dict[str, ModelPreset] = {
                     head_dim=64, num_experts=64, top_k=8, expert_intermediate=512),
         ModelPreset("bench-mixtral", "mixtral", num_layers=8, hidden=512, heads=8, kv_heads=4,
                     head_dim=64, num_experts=64, top_k=8, expert_intermediate=512),
+        # Dense counterpart of bench-qwen3-moe: the same attention and the same active MLP width per token
+        # (8 x 512 = 4096), so each token costs the same FLOPs; 100 MB of MLP weights that every pass reads.
+        ModelPreset("bench-qwen3", "qwen3", num_layers=8, hidden=512, heads=8, kv_heads=4,
+                    head_dim=64, num_experts=0, top_k=0, expert_intermediate=4096),
     ]
 }
 
