@@ -32,6 +32,8 @@ def _engine(model_path, **kw):
     ({"enable_two_batch_overlap": True}, "two-batch-overlap"),
     ({"enable_torch_compile": True}, "torch-compile"),
     ({"enable_lora": True}, "LoRA"),
+    ({"attention_backend": "fa3"}, "--attention-backend other than torch_native, triton, flashinfer"),
+    ({"decode_attention_backend": "flashmla"}, "--decode-attention-backend other than"),
 ])
 def test_engine_rejects(kwargs, message, model_path):
     with pytest.raises(LayeredConfigError, match=message):
@@ -45,7 +47,7 @@ def test_knobs_without_the_feature_are_rejected(model_path):
 
 @pytest.mark.parametrize("arch,model_type,reason", [
     ("DeepseekV2ForCausalLM", "deepseek_v2", "MLA attention"),
-    ("GptOssForCausalLM", "gpt_oss", "attention sinks"),
+    ("GptOssForCausalLM", "gpt_oss", "sinks"),
     ("Gemma2ForCausalLM", "gemma2", "supported: "),
 ])
 def test_unsupported_architecture_is_named(tmp_path, arch, model_type, reason):

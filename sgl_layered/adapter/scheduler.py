@@ -17,11 +17,13 @@ from sglang.srt.runtime_context import get_observability, get_parallel
 
 from sgl_layered.core.config import LayeredConfig, LayeredConfigError
 
-from . import hooks
+from . import hooks, settings
 from .layered_step import LayeredResult, LayeredRuntime
 from .observer import IterationObserver
 
 logger = logging.getLogger("sgl_layered")
+
+_ATTENTION_BACKEND_CLASSES = {"TorchNativeAttnBackend", "TritonAttnBackend", "FlashInferAttnBackend"}
 
 
 class LayeredScheduler(Scheduler):
@@ -57,6 +59,10 @@ class LayeredScheduler(Scheduler):
             problems.append("pipeline parallelism is on")
         if self.require_mlp_sync:
             problems.append("data-parallel attention is on")
+        backend = type(self.tp_worker.model_runner.attn_backend).__name__
+        if backend not in _ATTENTION_BACKEND_CLASSES:
+            problems.append(f"SGLang chose the {backend} attention backend; pass --attention-backend with one of "
+                            f"{', '.join(settings.ATTENTION_BACKENDS)}")
         if problems:
             raise LayeredConfigError("layered prefill cannot run: " + "; ".join(problems))
 

@@ -82,6 +82,10 @@ def pop_config_kwargs(kwargs: dict) -> LayeredConfig:
     return LayeredConfig(**{name: kwargs.pop(name) for name in LayeredConfig.option_names() if name in kwargs})
 
 
+# Attention backends the fused pass is built for: torch_native (CPU, tested), triton (tested on CPU under Triton's
+# interpreter), flashinfer (GPU; tests in tests/gpu). The scheduler re-checks the backend SGLang resolved.
+ATTENTION_BACKENDS = ("torch_native", "triton", "flashinfer")
+
 # Combinations layered prefill does not support yet. Each: (ServerArgs field, predicate on the user's value,
 # why). Checked on what the user asked for before launch; the scheduler re-checks the resolved values.
 UNSUPPORTED: tuple = (
@@ -108,6 +112,10 @@ UNSUPPORTED: tuple = (
     ("lora_paths", bool, "--lora-paths: LoRA is not supported yet"),
     ("enable_torch_compile", bool, "--enable-torch-compile: compiled forwards bypass the fused layer pass"),
     ("is_embedding", bool, "--is-embedding: layered prefill is for generative models"),
+    *((name, lambda v: v not in (None, *ATTENTION_BACKENDS),
+       f"--{name.replace('_', '-')} other than {', '.join(ATTENTION_BACKENDS)}: the fused pass's row split is "
+       "built and verified for these backends only")
+      for name in ("attention_backend", "prefill_attention_backend", "decode_attention_backend")),
 )
 
 
