@@ -36,3 +36,16 @@ def test_ablation_quick(tmp_path):
     assert layered < chunked and layered_ratio <= 1.1 < chunked_ratio
     calibrated = [r for r in report["runs"] if r["routing"] == "calibrated"]
     assert calibrated and all(r["experts"]["prefill_tokens"] > 0 for r in calibrated)
+
+
+@pytest.mark.engine
+def test_soak_smoke(tmp_path):
+    """benchmarks/soak.py end to end for a few seconds: requests served, none lost, nothing leaked."""
+    out_file = tmp_path / "soak.json"
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--minutes", "0.25", "--clients",
+                          "6", "--interval", "5", "--out", str(out_file)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads(out_file.read_text())
+    assert report["served"] > 10 and report["errors"] == 0
+    assert report["leaked_kv_slots"] == 0 and report["leaked_request_slots"] == 0
+    assert report["samples"] and all(s["rss_mib"] > 0 for s in report["samples"])
