@@ -103,3 +103,30 @@ def test_accounting_exact_with_forced_routing(model_path, tmp_path):
             assert layer_call[1:] == [3, 2, 6, 2]
             assert r["prefill"][0]["expert_bytes"] == 4 * BYTES_PER_EXPERT_FP32
     assert fused_seen == TINY.num_layers  # the second prompt ran its 5 one-layer groups fused with decode
+
+
+@pytest.mark.engine
+def test_prometheus_counters_with_enable_metrics(model_path, tmp_path):
+    """With SGLang's --enable-metrics, expert accounting is exported as Prometheus counters on /metrics."""
+    import re
+
+    import requests
+
+    from server import Server
+
+    args = ["--enable-layered-prefill", "--layered-prefill-expert-accounting", "--enable-metrics"]
+    with Server(model_path("tiny-qwen3-moe"), args, log_path=tmp_path / "server.log") as server:
+        r = requests.post(server.url + "/generate", timeout=120, json={
+            "input_ids": list(range(10, 110)), "sampling_params": {"max_new_tokens": 4, "temperature": 0.0}})
+        r.raise_for_status()
+        requests.get(server.url + "/get_server_info", timeout=60)  # drain: the iteration's counters are added
+        text = requests.get(server.url + "/metrics", timeout=60).text
+
+    def value(name):
+        found = re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M)
+        assert found, f"{name} missing from /metrics"
+        return sum(float(v) for v in found)
+
+    assert value("sglang_layered_prefill_tokens_total") >= 100  # the warm-up request adds its own tokens
+    assert value("sglang_layered_expert_prefill_bytes_total") > 0
+    assert value("sglang_layered_expert_loaded_bytes_total") >= value("sglang_layered_expert_prefill_bytes_total")
