@@ -96,3 +96,15 @@ def test_auto_policy_uses_prompt_length():
     policy = PaperPolicy(groups=None, tokens_per_group=512)
     assert len(policy.partition(new_tokens=1100, num_layers=5)) == 3
     assert len(policy.partition(new_tokens=10, num_layers=5)) == 1
+
+
+@pytest.mark.parametrize("value", [0, -5, "256", True])
+def test_chunk_tokens_must_be_positive_int(value):
+    with pytest.raises(LayeredConfigError, match="layered-prefill-chunk-tokens must be a positive integer"):
+        LayeredConfig(enable_layered_prefill=True, layered_prefill_chunk_tokens=value)
+
+
+def test_chunk_tokens_need_layered_prefill():
+    with pytest.raises(LayeredConfigError, match="layered-prefill-chunk-tokens has no effect without"):
+        LayeredConfig(layered_prefill_chunk_tokens=256)
+    assert LayeredConfig(enable_layered_prefill=True, layered_prefill_chunk_tokens=256).layered_prefill_chunk_tokens == 256

@@ -149,3 +149,36 @@ def test_register_is_idempotent():
     before = {t: len(v) for t, v in HookRegistry._hooks.items()}
     plugin.register()
     assert {t: len(v) for t, v in HookRegistry._hooks.items()} == before
+
+
+@pytest.mark.engine
+def test_chunk_by_layer_hybrid_matches_stock(model_path, stock_reference, tmp_path, monkeypatch):
+    """--layered-prefill-chunk-tokens 256: prompts up to 1499 tokens are admitted 256 tokens at a time (SGLang's
+    chunked admission: KV per chunk) and every chunk runs as a layered cohort over 2 groups. Same tokens as
+    stock unchunked prefill; no chunk ever exceeds 256 tokens; nothing leaks."""
+    monkeypatch.setenv("SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE", "1")
+    trace = tmp_path / "trace.jsonl"
+    engine = sgl_layered.Engine(model_path=model_path("tiny-qwen3-moe"), enable_layered_prefill=True,
+                                layered_prefill_groups=2, layered_prefill_chunk_tokens=256,
+                                layered_prefill_trace=str(trace), **cpu.engine_kwargs())
+    try:
+        outputs = run_staggered(engine, prompts())
+        engine.flush_cache()
+        state = engine.get_server_info()["internal_states"][0]["sgl_layered"]
+    finally:
+        engine.shutdown()
+    reference = stock_reference("tiny-qwen3-moe")["outputs"]
+    mismatched = [i for i, (a, b) in enumerate(zip(outputs, reference)) if a != b]
+    assert not mismatched, f"prompts {mismatched} differ from stock SGLang"
+    rows = read(trace)
+    pieces = [p for r in rows for p in r["prefill"]]
+    assert pieces and all(p["tokens"] <= 256 for p in pieces)
+    cohorts_of = {}
+    for p in pieces:
+        for rid in p["rids"]:
+            cohorts_of.setdefault(rid, set()).add(p["cohort"])
+    assert max(len(c) for c in cohorts_of.values()) >= 1499 // 256, "the longest prompt was not chunked"
+    for cohort in {p["cohort"] for p in pieces}:  # every chunk: both layer groups, in order
+        ranges = [tuple(p["layers"]) for p in pieces if p["cohort"] == cohort]
+        assert [i for lo, hi in ranges for i in range(lo, hi)] == list(range(5)), ranges
+    assert state["kv_available"] + state["kv_evictable"] == state["kv_total"] and state["cohorts_in_flight"] == 0

@@ -254,3 +254,36 @@ def test_memory_pressure_queues_retracts_and_rejects_oversized(model_path, stric
     _assert_nothing_leaked(after)
     assert sum(o["meta_info"].get("num_retractions", 0) for o in outs) > 0, "no retraction: no memory pressure"
     assert [o["output_ids"] for o in outs] == [o["output_ids"] for o in alone]
+
+
+@pytest.mark.engine
+def test_abort_mid_chunk_in_chunk_by_layer_hybrid(model_path, tmp_path, strict_leak_check):
+    """Chunk x layer hybrid (256-token chunks): a 1500-token prompt aborted while one of its chunks is mid-layers
+    ends with an abort; no chunk runs after it, nothing leaks, and the engine serves on."""
+    trace = tmp_path / "trace.jsonl"
+    engine = sgl_layered.Engine(model_path=model_path(MODEL), enable_layered_prefill=True,
+                                layered_prefill_groups=LAYERS, layered_prefill_chunk_tokens=256,
+                                layered_prefill_trace=str(trace), **cpu.engine_kwargs())
+    rng = random.Random(8)
+
+    async def abort_after_two_pieces(rid, ids):
+        task = asyncio.ensure_future(_gen(engine, ids, 20, rid=rid))
+        for _ in range(5000):
+            await asyncio.sleep(0.001)
+            if trace.exists() and trace.read_text().count(rid) >= 2:
+                break
+        engine.tokenizer_manager.abort_request(rid)
+        return await task
+
+    try:
+        out = engine.loop.run_until_complete(abort_after_two_pieces("chunked", [rng.randrange(0, 2045)
+                                                                                for _ in range(1500)]))
+        after = engine.generate(input_ids=[1, 2, 3], sampling_params={"max_new_tokens": 3})
+        state = _idle_pools(engine)
+    finally:
+        engine.shutdown()
+    assert out["meta_info"]["finish_reason"]["type"] == "abort" and out["output_ids"] == []
+    pieces = [p for row in read(trace) for p in row["prefill"] if "chunked" in p["rids"]]
+    assert 2 <= len(pieces) < 6 * LAYERS, "the prompt was not cut short by the abort"
+    _assert_nothing_leaked(state)
+    assert len(after["output_ids"]) == 3

@@ -27,6 +27,10 @@ class Cohort:
         self.forward_batch = None  # built on the first pass, reused by every later pass
         self.stash: Optional[Activations] = None  # activations between passes
         self.logits = None  # LogitsProcessorOutput of the last pass
+        # Chunk x layer hybrid: the request SGLang is chunking, held aside while this chunk is mid-layers (SGLang
+        # checkpoints its chunked request into the radix cache on every scheduling call, assuming one iteration
+        # per chunk); handed back when the chunk completes.
+        self.chunked_req = None
 
     @property
     def rids(self):

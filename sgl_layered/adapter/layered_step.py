@@ -73,12 +73,19 @@ class LayeredRuntime:
 
     # -- scheduling ---------------------------------------------------------------------------------
     def view(self, decode_rows: int) -> SchedulerView:
-        waiting = self.scheduler.waiting_queue
+        waiting = list(self.scheduler.waiting_queue)
+        if self.scheduler.chunked_req is not None:  # a chunked prompt's next chunk waits first (hybrid mode)
+            waiting.insert(0, self.scheduler.chunked_req)
         head = len(waiting[0].origin_input_ids) if waiting else 0
         return SchedulerView(self.num_layers, decode_rows, len(waiting), tuple(c.state() for c in self.cohorts), head)
 
     def may_admit(self, running_batch) -> bool:
+        if self.held_chunked_reqs():  # SGLang continues that request's chunks first, once this chunk is done
+            return False
         return self.policy.may_admit(self.view(running_batch.batch_size()))
+
+    def held_chunked_reqs(self) -> list:
+        return [c.chunked_req for c in self.cohorts if c.chunked_req is not None]
 
     def admission_token_cap(self, running_batch) -> Optional[int]:
         cap = getattr(self.policy, "admission_token_cap", None)
@@ -87,6 +94,9 @@ class LayeredRuntime:
     def admit(self, batch, decode_rows: int) -> Cohort:
         groups = self.policy.partition(int(batch.extend_num_tokens), self.num_layers, self.view(decode_rows))
         cohort = Cohort(batch, groups)
+        chunked = self.scheduler.chunked_req
+        if chunked is not None and any(r is chunked for r in batch.reqs):
+            cohort.chunked_req, self.scheduler.chunked_req = chunked, None
         self.cohorts.append(cohort)
         logger.debug("layered prefill: cohort %d admitted, %d requests, %d new tokens, groups %s",
                      cohort.cohort_id, len(batch.reqs), cohort.new_tokens, groups)
@@ -171,6 +181,8 @@ class LayeredRuntime:
         return result
 
     def finish(self, cohort: Cohort) -> None:
+        if cohort.chunked_req is not None:  # its chunk's KV is complete: SGLang checkpoints it, chunks on
+            self.scheduler.chunked_req, cohort.chunked_req = cohort.chunked_req, None
         cohort.release_activations()
         cohort.forward_batch = None
         self.cohorts.remove(cohort)
@@ -195,9 +207,11 @@ class LayeredRuntime:
         """Drop every cohort whose requests were all aborted, now rather than after its remaining groups:
         its KV slots (never shared: it is not in the radix cache) and stashed activations are freed at once.
         A cohort with some live requests runs on; SGLang ends its aborted ones when it samples, as it ends
-        any aborted running request. Called between iterations, when no cohort is mid-forward."""
+        any aborted running request. A chunk of a longer prompt (chunk x layer hybrid) also runs on: SGLang's
+        own chunked-abort path ends that request when the chunk completes. Called between iterations, when no cohort is mid-forward."""
         cancelled = []
-        for cohort in [c for c in self.cohorts if all(isinstance(r.to_finish, FINISH_ABORT) for r in c.batch.reqs)]:
+        for cohort in [c for c in self.cohorts if all(isinstance(r.to_finish, FINISH_ABORT) for r in c.batch.reqs)
+                       and c.chunked_req is None and not any(r.inflight_middle_chunks > 0 for r in c.batch.reqs)]:
             for req in cohort.batch.reqs:
                 req.finished_reason, req.to_finish = req.to_finish, None
                 self.scheduler._release_aborted_request(req)

@@ -101,11 +101,17 @@ class LayeredScheduler(Scheduler):
         cap, saved = layered.admission_token_cap(running_batch), self.max_prefill_tokens
         if cap is not None:
             self.max_prefill_tokens = max(1, min(saved, cap))
+        # Chunk x layer hybrid: SGLang's own chunked admission (KV per chunk) for this call only; the runtime
+        # keeps the chunked request aside while its chunk runs its layer groups (see LayeredRuntime.admit).
+        saved_chunk = self.chunked_prefill_size
+        if self._sgl_layered_config.layered_prefill_chunk_tokens:
+            self.chunked_prefill_size = self._sgl_layered_config.layered_prefill_chunk_tokens
         try:
             # Only a cohort that finished its last group may merge into the running batch, never one mid-layers.
             plan = super().get_next_batch_to_run(running_batch=running_batch, last_batch=layered.take_completed())
         finally:
             self.max_prefill_tokens = saved
+            self.chunked_prefill_size = saved_chunk
         batch, running = plan.batch_to_run, plan.running_batch
         if batch is not None and batch.forward_mode.is_extend():
             # SGLang chose this prefill batch; we run it group by group instead.
@@ -167,6 +173,11 @@ class LayeredScheduler(Scheduler):
             return super().abort_request(recv_req)
         stages = self._layered.stage_of(recv_req.rid or "", recv_req.abort_all)
         super().abort_request(recv_req)  # queued: removed; in flight (cohorts included): marked to finish
+        # A request whose chunk is mid-layers is held aside from SGLang's chunked_req; mark it the way SGLang marks
+        # an aborted chunked request, so SGLang ends it once the chunk completes and the request is handed back.
+        for req in self._layered.held_chunked_reqs():
+            if recv_req.abort_all or req.rid.startswith(recv_req.rid or ""):
+                self._pending_chunked_abort_req = req
         cancelled = set(self._layered.cancel_aborted())
         if self._observer is not None and stages:
             self._observer.note_aborts([{"rid": rid, "stage": stage, "freed_now": rid in cancelled}

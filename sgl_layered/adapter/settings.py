@@ -27,6 +27,9 @@ _HELP = {
     "layered_prefill_groups": "Layer groups per prompt cohort: a number, or 'auto' for the paper's rule "
                               "G = clamp(ceil(L / group_tokens), 1, num_layers) for a cohort of L new tokens.",
     "layered_prefill_group_tokens": "Tokens per layer group for --layered-prefill-groups auto.",
+    "layered_prefill_chunk_tokens": "Chunk x layer hybrid: a cohort carries at most this many new tokens; longer "
+                                    "prompts are admitted one chunk at a time (KV allocated per chunk) and each "
+                                    "chunk runs layered. Unset: whole prompts.",
     "layered_prefill_trace": "Write one JSON line per forward iteration (times, decode rows, prefill pieces "
                              "with request ids, token counts and layer ranges) to this file. Works with "
                              "layered prefill on or off.",
@@ -55,6 +58,8 @@ def add_flags(parser) -> None:
                        metavar="N|auto", help=_HELP["layered_prefill_groups"])
     group.add_argument("--layered-prefill-group-tokens", type=int,
                        default=defaults.layered_prefill_group_tokens, help=_HELP["layered_prefill_group_tokens"])
+    group.add_argument("--layered-prefill-chunk-tokens", type=int, default=defaults.layered_prefill_chunk_tokens,
+                       help=_HELP["layered_prefill_chunk_tokens"])
     group.add_argument("--layered-prefill-policy", type=str, default=defaults.layered_prefill_policy,
                        choices=POLICIES, help=_HELP["layered_prefill_policy"])
     group.add_argument("--layered-prefill-tbt-target-ms", type=float,

@@ -27,6 +27,9 @@ class LayeredConfig:
     layered_prefill_groups: Union[int, str] = "auto"
     # Tokens per group for the auto rule; 512 makes one layered pass do the work of a 512-token chunk.
     layered_prefill_group_tokens: int = 512
+    # Chunk x layer hybrid: a prompt longer than this many new tokens is admitted one chunk at a time (SGLang
+    # allocates KV per chunk), and each chunk runs as a layered cohort. Unset: whole prompts (the paper).
+    layered_prefill_chunk_tokens: Optional[int] = None
     # Scheduling policy: "paper" (arXiv 2510.08055: one cohort at a time, G from the prompt length) or
     # "adaptive" (sgl_layered/core/adaptive.py: cost-model G, pipelined cohorts, whole pass when idle, stash
     # budget; each improvement can be switched off with --layered-prefill-switches).
@@ -73,6 +76,9 @@ class LayeredConfig:
             raise LayeredConfigError(
                 "--layered-prefill-group-tokens must be a positive integer, "
                 f"got {self.layered_prefill_group_tokens!r}")
+        chunk = self.layered_prefill_chunk_tokens
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise LayeredConfigError(f"--layered-prefill-chunk-tokens must be a positive integer, got {chunk!r}")
         if self.layered_prefill_policy not in POLICIES:
             raise LayeredConfigError(
                 f"--layered-prefill-policy must be one of {', '.join(POLICIES)}, got {self.layered_prefill_policy!r}")
@@ -97,6 +103,7 @@ class LayeredConfig:
         for name, (enabled, needed) in {
             "layered_prefill_groups": (self.enable_layered_prefill, "--enable-layered-prefill"),
             "layered_prefill_group_tokens": (self.enable_layered_prefill, "--enable-layered-prefill"),
+            "layered_prefill_chunk_tokens": (self.enable_layered_prefill, "--enable-layered-prefill"),
             "layered_prefill_routing_alpha": (self.layered_prefill_routing == "calibrated",
                                               "--layered-prefill-routing calibrated"),
             "layered_prefill_policy": (self.enable_layered_prefill, "--enable-layered-prefill"),
