@@ -57,20 +57,13 @@ def hf_config(p: ModelPreset, eos_id: int) -> dict:
     }
     if p.num_experts:
         common["num_experts_per_tok"] = p.top_k
+    # Keys the Qwen MoE configs (Qwen3-MoE, Qwen2-MoE) share: every layer sparse, no sliding window.
+    qwen_moe = {"num_experts": p.num_experts, "moe_intermediate_size": p.expert_intermediate,
+                "decoder_sparse_step": 1, "mlp_only_layers": [], "use_sliding_window": False}
     if p.architecture == "qwen3_moe":
-        return {
-            **common,
-            "architectures": ["Qwen3MoeForCausalLM"],
-            "model_type": "qwen3_moe",
-            "num_experts": p.num_experts,
-            "moe_intermediate_size": p.expert_intermediate,
-            "intermediate_size": p.expert_intermediate * p.top_k,
-            "decoder_sparse_step": 1,
-            "mlp_only_layers": [],
-            "norm_topk_prob": True,
-            "attention_bias": False,
-            "use_sliding_window": False,
-        }
+        return {**common, **qwen_moe, "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+                "intermediate_size": p.expert_intermediate * p.top_k, "norm_topk_prob": True,
+                "attention_bias": False}
     if p.architecture == "mixtral":
         return {
             **common,
@@ -81,19 +74,9 @@ def hf_config(p: ModelPreset, eos_id: int) -> dict:
             "sliding_window": None,
         }
     if p.architecture == "qwen2_moe":
-        return {
-            **common,
-            "architectures": ["Qwen2MoeForCausalLM"],
-            "model_type": "qwen2_moe",
-            "num_experts": p.num_experts,
-            "moe_intermediate_size": p.expert_intermediate,
-            "shared_expert_intermediate_size": p.shared_expert_intermediate,
-            "intermediate_size": p.shared_expert_intermediate,
-            "decoder_sparse_step": 1,
-            "mlp_only_layers": [],
-            "norm_topk_prob": False,
-            "use_sliding_window": False,
-        }
+        return {**common, **qwen_moe, "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe",
+                "shared_expert_intermediate_size": p.shared_expert_intermediate,
+                "intermediate_size": p.shared_expert_intermediate, "norm_topk_prob": False}
     if p.architecture == "llama":
         return {**common, "architectures": ["LlamaForCausalLM"], "model_type": "llama",
                 "intermediate_size": p.expert_intermediate, "attention_bias": False}
