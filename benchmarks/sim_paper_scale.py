@@ -26,7 +26,7 @@ from sgl_layered.sim.hardware import H100  # noqa: E402
 from sgl_layered.sim.shapes import MODELS  # noqa: E402
 from sgl_layered.sim.sweep import Scenario, max_slo_rate, simulate  # noqa: E402
 
-MODES = ["chunked-512", "layered-paper", "layered-ours"]
+MODES = ["chunked-512", "layered-paper", "layered-ours-nochoose", "layered-ours"]
 PAPER = {"ttft": "up to -70%", "e2e": "-41%", "traffic_arxiv": "-39%", "traffic_sharegpt": "-12%",
          "slo_throughput": "+14..45%"}
 # (model, token-gap SLO, TP). Qwen3-8B is dense: layering saves no expert traffic there (the paper measured

@@ -16,10 +16,10 @@ from sglang.srt.mem_cache.common import release_kv_cache
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 
 from sgl_layered.core.adaptive import AdaptivePolicy, Switches
-from sgl_layered.core.config import LayeredConfig
+from sgl_layered.core.config import SWITCHES, LayeredConfig
 from sgl_layered.core.policy import PaperPolicy, Piece, SchedulerView
 
-from . import fused_pass
+from . import cost_profile, fused_pass
 from .cohort import Cohort
 
 logger = logging.getLogger("sgl_layered")
@@ -46,17 +46,18 @@ class LayeredResult:
     finished: List[Tuple[Cohort, GenerationBatchResult]] = field(default_factory=list)  # cohorts that sampled
 
 
-def make_policy(config: LayeredConfig, hidden_size: int, dtype_bytes: int):
+def make_policy(config: LayeredConfig, hidden_size: int, dtype_bytes: int, iteration_cost=None):
     if config.layered_prefill_policy == "paper":
         return PaperPolicy(groups=config.fixed_groups, tokens_per_group=config.layered_prefill_group_tokens)
     on = set(config.switches)
     target = config.layered_prefill_tbt_target_ms
     return AdaptivePolicy(
         tbt_target_s=target / 1e3 if target is not None else None,
-        switches=Switches(**{name: name in on for name in ("adaptive", "pipeline", "idle_whole", "stash")}),
+        switches=Switches(**{name: name in on for name in SWITCHES}),
         tokens_per_group=config.layered_prefill_group_tokens,
         stash_budget_bytes=config.layered_prefill_stash_budget_mb * 2 ** 20,
-        stash_bytes_per_token=2 * hidden_size * dtype_bytes)  # hidden + residual per prompt row
+        stash_bytes_per_token=2 * hidden_size * dtype_bytes,  # hidden + residual per prompt row
+        iteration_cost=iteration_cost)
 
 
 class LayeredRuntime:
@@ -66,33 +67,59 @@ class LayeredRuntime:
         model_config = self.model_runner.model_config
         self.num_layers = int(model_config.num_hidden_layers)
         config.check_layers(self.num_layers)
-        self.policy = make_policy(config, int(model_config.hidden_size), self.model_runner.dtype.itemsize)
+        dtype_bytes = self.model_runner.dtype.itemsize
+        on_cpu = str(self.model_runner.device).startswith("cpu")
+        predictor = cost_profile.iteration_cost(
+            config, model_config.hf_config, dtype_bytes, int(scheduler.server_args.tp_size), on_cpu,
+            "cpu" if on_cpu else torch.cuda.get_device_name())
+        self.policy = make_policy(config, int(model_config.hidden_size), dtype_bytes, predictor)
+        self.hybrid_chunk_tokens = config.layered_prefill_chunk_tokens
+        self._chunk_lent: Optional[int] = None  # the chunk size SGLang's chunked request was admitted with
         self.cohorts: List[Cohort] = []
         self.completed: List[Cohort] = []  # finished last iteration; merge into the running batch next
         self._prefill_backend = None
 
     # -- scheduling ---------------------------------------------------------------------------------
-    def view(self, decode_rows: int) -> SchedulerView:
+    def view(self, decode_batch) -> SchedulerView:
         waiting = list(self.scheduler.waiting_queue)
-        if self.scheduler.chunked_req is not None:  # a chunked prompt's next chunk waits first (hybrid mode)
-            waiting.insert(0, self.scheduler.chunked_req)
+        chunked = self.scheduler.chunked_req
+        if chunked is not None:  # a chunked prompt's next chunk waits first (hybrid mode)
+            waiting.insert(0, chunked)
         head = len(waiting[0].origin_input_ids) if waiting else 0
-        return SchedulerView(self.num_layers, decode_rows, len(waiting), tuple(c.state() for c in self.cohorts), head)
+        waiting_tokens = sum(len(r.origin_input_ids) for r in waiting)
+        if chunked is not None:
+            waiting_tokens -= min(len(chunked.prefix_indices), len(chunked.origin_input_ids))
+        reqs = decode_batch.reqs if decode_batch is not None else ()
+        context = sum(len(r.origin_input_ids) + len(r.output_ids) for r in reqs)
+        return SchedulerView(self.num_layers, len(reqs), len(waiting), tuple(c.state() for c in self.cohorts), head,
+                             waiting_tokens, context)
 
     def may_admit(self, running_batch) -> bool:
         if self.held_chunked_reqs():  # SGLang continues that request's chunks first, once this chunk is done
             return False
-        return self.policy.may_admit(self.view(running_batch.batch_size()))
+        return self.policy.may_admit(self.view(running_batch))
 
     def held_chunked_reqs(self) -> list:
         return [c.chunked_req for c in self.cohorts if c.chunked_req is not None]
 
-    def admission_token_cap(self, running_batch) -> Optional[int]:
-        cap = getattr(self.policy, "admission_token_cap", None)
-        return cap(self.view(running_batch.batch_size())) if cap is not None else None
+    def admission(self, running_batch) -> Tuple[Optional[int], Optional[int]]:
+        """(token cap, chunk size) for SGLang's admission call. The chunk size: the policy's, when it chooses
+        chunked execution; else the hybrid's (--layered-prefill-chunk-tokens); a request SGLang is still chunking
+        keeps the size it was admitted with."""
+        view = self.view(running_batch)
+        decide = getattr(self.policy, "admission", None)
+        if decide is not None:
+            a = decide(view)
+            cap, chunk = a.token_cap, a.chunk_tokens or self.hybrid_chunk_tokens
+        else:
+            cap, chunk = None, self.hybrid_chunk_tokens
+        if chunk is None and (self.scheduler.chunked_req is not None or self.held_chunked_reqs()):
+            chunk = self._chunk_lent
+        self._chunk_lent = chunk or self._chunk_lent
+        return cap, chunk
 
-    def admit(self, batch, decode_rows: int) -> Cohort:
-        groups = self.policy.partition(int(batch.extend_num_tokens), self.num_layers, self.view(decode_rows))
+    def admit(self, batch, running_batch) -> Cohort:
+        groups = self.policy.partition(int(batch.extend_num_tokens), self.num_layers, self.view(running_batch))
         cohort = Cohort(batch, groups)
         chunked = self.scheduler.chunked_req
         if chunked is not None and any(r is chunked for r in batch.reqs):
@@ -105,8 +132,7 @@ class LayeredRuntime:
     def next_iteration(self, decode_batch) -> Optional[Iteration]:
         if not self.cohorts:
             return None
-        rows = decode_batch.batch_size() if decode_batch is not None else 0
-        plan = self.policy.plan(self.view(rows))
+        plan = self.policy.plan(self.view(decode_batch))
         by_id = {c.cohort_id: c for c in self.cohorts}
         return Iteration([(p, by_id[p.cohort_id]) for p in plan.pieces], decode_batch)
 

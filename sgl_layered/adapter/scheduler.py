@@ -96,16 +96,16 @@ class LayeredScheduler(Scheduler):
         if self._layered is None:
             return super().get_next_batch_to_run(running_batch=running_batch, last_batch=last_batch)
         layered = self._layered
-        # The policy may cap the next cohort's size (prefill budget beside cohorts in flight, stash memory):
-        # SGLang's admission reads its per-batch token limit from this attribute.
-        cap, saved = layered.admission_token_cap(running_batch), self.max_prefill_tokens
+        # The policy may cap the next cohort's size (prefill budget beside cohorts in flight, stash memory) and
+        # ask for chunks (chunked execution, or the chunk x layer hybrid): SGLang's admission reads its per-batch
+        # token limit and chunk size from these attributes; we lend them for this call only. The runtime keeps a
+        # chunked request aside while its chunk runs its layer groups (see LayeredRuntime.admit).
+        (cap, chunk), saved, saved_chunk = layered.admission(running_batch), self.max_prefill_tokens, \
+            self.chunked_prefill_size
         if cap is not None:
             self.max_prefill_tokens = max(1, min(saved, cap))
-        # Chunk x layer hybrid: SGLang's own chunked admission (KV per chunk) for this call only; the runtime
-        # keeps the chunked request aside while its chunk runs its layer groups (see LayeredRuntime.admit).
-        saved_chunk = self.chunked_prefill_size
-        if self._sgl_layered_config.layered_prefill_chunk_tokens:
-            self.chunked_prefill_size = self._sgl_layered_config.layered_prefill_chunk_tokens
+        if chunk:
+            self.chunked_prefill_size = chunk
         try:
             # Only a cohort that finished its last group may merge into the running batch, never one mid-layers.
             plan = super().get_next_batch_to_run(running_batch=running_batch, last_batch=layered.take_completed())
@@ -115,7 +115,7 @@ class LayeredScheduler(Scheduler):
         batch, running = plan.batch_to_run, plan.running_batch
         if batch is not None and batch.forward_mode.is_extend():
             # SGLang chose this prefill batch; we run it group by group instead.
-            layered.admit(batch, running.batch_size())
+            layered.admit(batch, running)
             batch = self.update_running_batch(running) if not running.is_empty() else None
             if batch is not None and batch.is_empty():
                 batch = None

@@ -14,7 +14,7 @@ from dataclasses import fields
 from typing import Any, Callable, Optional
 
 from sgl_layered import SGLANG_PIN
-from sgl_layered.core.config import ENV_VAR, POLICIES, ROUTINGS, LayeredConfig, LayeredConfigError
+from sgl_layered.core.config import COST_PROFILES, ENV_VAR, POLICIES, ROUTINGS, LayeredConfig, LayeredConfigError
 
 from .archs import SUPPORTED, unsupported_message
 
@@ -45,7 +45,9 @@ _HELP = {
     "layered_prefill_tbt_target_ms": "Adaptive policy: keep each iteration's predicted time within this many ms "
                                      "(cost model fitted online). Unset: the paper's per-iteration prefill work.",
     "layered_prefill_switches": "Adaptive policy improvements to enable, comma-separated: "
-                                "adaptive,pipeline,idle_whole,stash.",
+                                "adaptive,pipeline,idle_whole,stash,choose.",
+    "layered_prefill_cost_profile": "Adaptive policy, 'choose' switch: hardware profile of the roofline cost model "
+                                    "that picks layered or chunked execution per cohort ('auto': by device).",
     "layered_prefill_stash_budget_mb": "Adaptive policy: memory budget (MB) for in-flight cohorts' activations.",
 }
 
@@ -66,6 +68,8 @@ def add_flags(parser) -> None:
                        default=defaults.layered_prefill_tbt_target_ms, help=_HELP["layered_prefill_tbt_target_ms"])
     group.add_argument("--layered-prefill-switches", type=str, default=defaults.layered_prefill_switches,
                        help=_HELP["layered_prefill_switches"])
+    group.add_argument("--layered-prefill-cost-profile", type=str, default=defaults.layered_prefill_cost_profile,
+                       choices=COST_PROFILES, help=_HELP["layered_prefill_cost_profile"])
     group.add_argument("--layered-prefill-stash-budget-mb", type=float,
                        default=defaults.layered_prefill_stash_budget_mb, help=_HELP["layered_prefill_stash_budget_mb"])
     group.add_argument("--layered-prefill-trace", type=str, default=defaults.layered_prefill_trace,

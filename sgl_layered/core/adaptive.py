@@ -8,7 +8,9 @@
              the predicted iteration stays within the target;
   idle_whole nothing decoding -> nothing to protect: the cohort runs all layers in one pass;
   stash      the activation stash (hidden + residual of every in-flight prompt row) counts against a memory
-             budget: admission never overcommits it.
+             budget: admission never overcommits it;
+  choose     per cohort, layered or chunked execution, whichever a cost model that sees per-layer bytes and
+             flops predicts adds less time (core/execution.py); needs that model (`iteration_cost`).
 Every decision is plain arithmetic on a SchedulerView, so the SGLang adapter and the simulator run this code
 unchanged.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from .execution import Execution, IterationCost, PieceWork, added_seconds, choose_execution
 from .partition import LayerRange, split_layers
 from .policy import IterationPlan, Piece, SchedulerView, check_plan
 
@@ -82,6 +85,17 @@ class Switches:
     pipeline: bool = True
     idle_whole: bool = False  # see config.layered_prefill_switches: off by default
     stash: bool = True
+    choose: bool = True  # active only with an iteration cost model
+
+
+@dataclass(frozen=True)
+class Admission:
+    """How the next cohort is admitted: at most `token_cap` new tokens; with `chunk_tokens`, a longer prompt
+    is admitted a chunk at a time (SGLang's chunked admission) and each chunk runs all layers at once."""
+
+    token_cap: int
+    chunk_tokens: Optional[int] = None
+    execution: Optional[Execution] = None  # the choice and its predicted costs, when one was made
 
 
 def split_by_cost(layer_costs: Sequence[float], groups: int) -> Tuple[LayerRange, ...]:
@@ -107,11 +121,13 @@ class AdaptivePolicy:
     tokens through every layer); with a target, the online cost model decides how much prefill fits."""
 
     name = "adaptive"
+    BITE_GAIN = 0.1  # a bigger prefill bite must cut the cost per prompt token by this fraction to be worth it
 
     def __init__(self, tbt_target_s: Optional[float] = None, switches: Switches = Switches(),
                  tokens_per_group: int = 512, max_cohorts: int = 4, stash_budget_bytes: Optional[float] = None,
                  stash_bytes_per_token: float = 0.0, layer_costs: Optional[Sequence[float]] = None,
-                 model: Optional[OnlineCostModel] = None, min_piece_tokens: int = 16):
+                 model: Optional[OnlineCostModel] = None, min_piece_tokens: int = 16,
+                 iteration_cost: Optional[IterationCost] = None):
         self.tbt_target_s = tbt_target_s
         self.switches = switches
         self.tokens_per_group = tokens_per_group
@@ -121,6 +137,8 @@ class AdaptivePolicy:
         self.layer_costs = list(layer_costs) if layer_costs else None
         self.model = model or OnlineCostModel()
         self.min_piece_tokens = min_piece_tokens
+        self.iteration_cost = iteration_cost if switches.choose else None
+        self._admission_budget: Optional[float] = None  # set by admission(), used by the partition that follows
 
     # -- feedback -----------------------------------------------------------------------------------------
     def observe(self, decode_rows: int, prefill_token_layers: float, num_layers: int, seconds: float) -> None:
@@ -129,12 +147,53 @@ class AdaptivePolicy:
     def token_layer_budget(self, view: SchedulerView) -> float:
         """Prefill token-layers one iteration may carry next to this decode batch."""
         paper = float(self.tokens_per_group * view.num_layers)
-        if not self.switches.adaptive or self.tbt_target_s is None or not self.model.ready:
+        if not self.switches.adaptive or self.tbt_target_s is None:
             return paper
-        a, b, c = self.model.coef
-        if c <= 0:
+        budget = paper
+        if self.model.ready and self.model.coef[2] > 0:
+            a, b, c = self.model.coef
+            budget = max(0.0, (self.tbt_target_s - a - b * view.decode_rows) / c * view.num_layers)
+        elif self.iteration_cost is not None:
+            # Until measured times identify the online model, the roofline model's answer (with chunks of one
+            # size only, they never would: that size would then stick).
+            budget = self._predicted_budget(view)
+        if self.iteration_cost is not None and budget > paper and not self._bigger_bites_pay(view, budget):
             return paper
-        return max(0.0, (self.tbt_target_s - a - b * view.decode_rows) / c * view.num_layers)
+        return budget
+
+    def _bigger_bites_pay(self, view: SchedulerView, budget: float) -> bool:
+        """Whether prompt work beyond the paper's bite costs less per token: true where each pass loads weights the
+        decode rows do not (MoE experts), false where the decode rows' weight load already hides a small bite's
+        flops (dense layers). Bigger bites only trade decode latency for TTFT when they buy no efficiency."""
+        n = view.num_layers
+
+        big, small = int(budget // n), self.tokens_per_group
+        cost, rows, context = self.iteration_cost, view.decode_rows, view.decode_context
+
+        def added_per_token(tokens):
+            return added_seconds(cost, rows, context, ((PieceWork(tokens, 0, (0, n)),),)) / tokens
+
+        if added_per_token(big) < (1.0 - self.BITE_GAIN) * added_per_token(small):
+            return True
+        # A backlog of at least one big bite: prefill throughput counts the whole iteration (its fixed costs and
+        # the decode rows' weight loads are shared by fewer prompt tokens with small bites).
+        def seconds_per_token(tokens):
+            return cost(rows, context, (PieceWork(tokens, 0, (0, n)),)) / tokens
+        return (view.waiting_tokens >= big
+                and seconds_per_token(big) < (1.0 - self.BITE_GAIN) * seconds_per_token(small))
+
+    def _predicted_budget(self, view: SchedulerView) -> float:
+        """Largest full-depth prompt pass (in token-layers) the iteration cost model keeps within the target."""
+        def fits(tokens):
+            pieces = (PieceWork(tokens, 0, (0, view.num_layers)),)
+            return self.iteration_cost(view.decode_rows, view.decode_context, pieces) <= self.tbt_target_s
+        lo, hi = 0, 1
+        while fits(hi) and hi < 1 << 22:
+            lo, hi = hi, hi * 2
+        while hi - lo > max(1, lo // 64):  # within ~2%: the budget is a target, not a bound to the token
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return float(lo * view.num_layers)
 
     @staticmethod
     def in_flight_token_layers(view: SchedulerView) -> float:
@@ -173,6 +232,23 @@ class AdaptivePolicy:
             cap = min(cap, (self.stash_budget_bytes - used) / self.stash_bytes_per_token)
         return max(0, int(cap))
 
+    def admission(self, view: SchedulerView) -> Admission:
+        """The next cohort's token cap and, when the cost model says chunks add less time than layer groups,
+        its chunk size. Only a cohort that starts alone chooses: one joining the pipeline shares its partition."""
+        cap = self.admission_token_cap(view)
+        self._admission_budget = None
+        if self.iteration_cost is None or view.cohorts or (self.switches.idle_whole and view.decode_rows == 0):
+            return Admission(cap)
+        # partition() runs after the admission, when the queue is shorter: it must size the cohort's groups with
+        # the budget this choice was made at.
+        budget = self._admission_budget = self.token_layer_budget(view)
+        tokens = min(cap, max(view.waiting_tokens, view.head_waiting_tokens))
+        choice = choose_execution(self.iteration_cost, tokens, view.num_layers, budget,
+                                  view.decode_rows, view.decode_context)
+        if choice.kind == "chunked":
+            return Admission(min(cap, choice.chunk_tokens), choice.chunk_tokens, choice)
+        return Admission(cap, None, choice)
+
     # -- partition ------------------------------------------------------------------------------------------
     def partition(self, new_tokens: int, num_layers: int, view: Optional[SchedulerView] = None
                   ) -> Tuple[LayerRange, ...]:
@@ -183,7 +259,7 @@ class AdaptivePolicy:
             return ((0, num_layers),)
         if view is None:
             view = SchedulerView(num_layers, decode_rows, 0)
-        budget = self.token_layer_budget(view)
+        budget, self._admission_budget = self._admission_budget or self.token_layer_budget(view), None
         groups = num_layers
         if budget > 0:
             groups = min(num_layers, max(1, -(-new_tokens * num_layers // max(int(budget), 1))))

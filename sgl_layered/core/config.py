@@ -11,7 +11,10 @@ from typing import Optional, Union
 ENV_VAR = "SGLANG_LAYERED_CONFIG"
 ROUTINGS = ("model", "calibrated", "forced-rows")
 POLICIES = ("paper", "adaptive")
-SWITCHES = ("adaptive", "pipeline", "idle_whole", "stash")
+SWITCHES = ("adaptive", "pipeline", "idle_whole", "stash", "choose")
+# Hardware profiles of the roofline cost model (sgl_layered/sim/hardware.py) the adaptive policy may predict with;
+# "auto" picks by device (CPU engine, H100, H200), "none" predicts nothing (the "choose" switch then does nothing).
+COST_PROFILES = ("auto", "none", "CPU-calibrated", "H100-SXM", "H200-SXM", "H200-measured")
 
 
 class LayeredConfigError(ValueError):
@@ -37,10 +40,13 @@ class LayeredConfig:
     # Adaptive policy: keep each iteration's predicted time within this target (ms), from a cost model fitted
     # online to measured iteration times. Unset: each iteration carries the paper's per-iteration prefill work.
     layered_prefill_tbt_target_ms: Optional[float] = None
-    # Adaptive policy improvements to enable (comma-separated subset of adaptive,pipeline,idle_whole,stash).
+    # Adaptive policy improvements to enable (comma-separated subset of adaptive,pipeline,idle_whole,stash,choose).
     # idle_whole is off by default: measured on the CPU engine, whole-prompt passes while nothing decodes block
     # admission of new arrivals and grow the next cohorts (benchmarks/README.md).
-    layered_prefill_switches: str = "adaptive,pipeline,stash"
+    layered_prefill_switches: str = "adaptive,pipeline,stash,choose"
+    # Adaptive policy, "choose" switch: hardware profile of the roofline cost model that picks, per cohort, layered
+    # or chunked execution and whether prefill bites beyond the paper's pay (core/execution.py).
+    layered_prefill_cost_profile: str = "auto"
     # Adaptive policy: memory budget (MB) for the activation stash of cohorts in flight.
     layered_prefill_stash_budget_mb: float = 1024.0
     # Write one JSON line per forward iteration to this file (any mode, layered or not).
@@ -86,6 +92,9 @@ class LayeredConfig:
         if unknown:
             raise LayeredConfigError(f"--layered-prefill-switches: unknown {sorted(unknown)} (choose from "
                                      f"{', '.join(SWITCHES)})")
+        if self.layered_prefill_cost_profile not in COST_PROFILES:
+            raise LayeredConfigError(f"--layered-prefill-cost-profile must be one of {', '.join(COST_PROFILES)}, "
+                                     f"got {self.layered_prefill_cost_profile!r}")
         if self.layered_prefill_tbt_target_ms is not None and not self.layered_prefill_tbt_target_ms > 0:
             raise LayeredConfigError("--layered-prefill-tbt-target-ms must be > 0")
         if not self.layered_prefill_stash_budget_mb > 0:
@@ -113,6 +122,8 @@ class LayeredConfig:
                                          "--layered-prefill-policy adaptive"),
             "layered_prefill_stash_budget_mb": (self.layered_prefill_policy == "adaptive",
                                                 "--layered-prefill-policy adaptive"),
+            "layered_prefill_cost_profile": (self.layered_prefill_policy == "adaptive",
+                                             "--layered-prefill-policy adaptive"),
         }.items():
             if not enabled and getattr(self, name) != LayeredConfig.__dataclass_fields__[name].default:
                 raise LayeredConfigError(f"--{name.replace('_', '-')} has no effect without {needed}")

@@ -30,6 +30,8 @@ class SchedulerView:
     waiting_requests: int
     cohorts: Tuple[CohortState, ...] = ()
     head_waiting_tokens: int = 0  # prompt length of the first waiting request (an upper bound on its new tokens)
+    waiting_tokens: int = 0  # prompt tokens of all waiting requests still to compute (upper bound)
+    decode_context: int = 0  # context tokens (prompt + generated) of the running decode requests
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import random
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from sgl_layered.core.execution import PieceWork
+
 from .hardware import Hardware
 from .shapes import ModelShape
 
@@ -46,11 +48,7 @@ def coverage(experts: int, k: int, alpha: Optional[float], rows: int) -> float:
     return sum(1.0 - (1.0 - p) ** rows for p in inclusion_probabilities(experts, k, alpha))
 
 
-@dataclass(frozen=True)
-class PrefillWork:
-    tokens: int  # new prompt tokens in this pass
-    prefix: int  # tokens already in KV before them (prefix cache, earlier chunks)
-    layers: Tuple[int, int]  # [start, end)
+PrefillWork = PieceWork  # the policy's description of a prompt pass (core/execution.py)
 
 
 @dataclass(frozen=True)
@@ -74,8 +72,14 @@ class CostModel:
         return coverage(self.m.experts, self.m.top_k, self.alpha, rows)
 
     def iteration(self, decode_contexts: Sequence[int], pieces: Sequence[PrefillWork]) -> IterationCost:
+        return self.iteration_totals(len(decode_contexts), sum(decode_contexts), pieces)
+
+    def seconds(self, decode_rows: int, decode_context: int, pieces: Sequence[PrefillWork]) -> float:
+        """The policy's iteration-cost predictor (core/execution.py IterationCost)."""
+        return self.iteration_totals(decode_rows, decode_context, pieces).seconds
+
+    def iteration_totals(self, b: int, decode_kv: int, pieces: Sequence[PrefillWork]) -> IterationCost:
         m = self.m
-        b, decode_kv = len(decode_contexts), sum(decode_contexts)
         # Layers between these boundaries are identical work: cost one and multiply.
         cuts = sorted({0, m.layers, min(m.dense_layers, m.layers)}
                       | {x for p in pieces for x in p.layers if 0 <= x <= m.layers})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from sgl_layered.core.policy import CohortState, SchedulerView
 
@@ -19,6 +19,7 @@ class SimRequest:
     prompt: int
     output: int
     prefilled: int = 0  # prompt tokens computed (chunked mode)
+    admitted: int = 0  # prompt tokens admitted into cohorts (layered mode; less than `prompt` while chunked)
     first_token: Optional[float] = None
     token_times: List[float] = field(default_factory=list)
     done: Optional[float] = None
@@ -31,13 +32,23 @@ class SimRequest:
 @dataclass
 class _Cohort:
     cid: int
-    reqs: List[SimRequest]
+    segments: List[Tuple[SimRequest, int, int]]  # (request, first prompt token, tokens): whole prompts or chunks
     groups: tuple
     next_group: int = 0
 
     @property
     def tokens(self) -> int:
-        return sum(r.prompt for r in self.reqs)
+        return sum(n for _, _, n in self.segments)
+
+    @property
+    def holds_chunk(self) -> bool:
+        """A prompt's chunk short of its end: the rest waits for this chunk (as SGLang's chunked request does)."""
+        return any(start + n < r.prompt for r, start, n in self.segments)
+
+    def works(self, layers) -> List[PrefillWork]:
+        whole = sum(n for _, start, n in self.segments if start == 0)
+        works = [PrefillWork(whole, 0, layers)] if whole else []
+        return works + [PrefillWork(n, start, layers) for _, start, n in self.segments if start > 0]
 
     def state(self) -> CohortState:
         return CohortState(self.cid, self.tokens, self.groups, self.next_group)
@@ -51,16 +62,23 @@ class SimResult:
     prefill_expert_bytes: float
     prefill_tokens: int
     busy_s: float
+    cohort_kinds: Dict[str, int] = field(default_factory=dict)  # layered (G > 1) / whole (G = 1) / chunked
 
 
 class Simulator:
-    """mode: "chunked" (mixed chunked prefill, `chunk` tokens per iteration) or "layered" (a policy object)."""
+    """mode: "chunked" (mixed chunked prefill, `chunk` tokens per iteration) or "layered" (a policy object).
+
+    layered_chunk: the chunk x layer hybrid (--layered-prefill-chunk-tokens): a prompt longer than this is admitted
+    a chunk at a time and each chunk runs as a layered cohort; a policy may also ask for chunks per admission."""
 
     def __init__(self, cost: CostModel, mode: str, policy=None, chunk: int = 512, max_prefill_tokens: int = 16384,
-                 kv_capacity_tokens: int = 10 ** 9, max_running: int = 1024, record: bool = False):
+                 kv_capacity_tokens: int = 10 ** 9, max_running: int = 1024, record: bool = False,
+                 layered_chunk: Optional[int] = None):
         if mode not in ("chunked", "layered"):
             raise ValueError(mode)
         self.cost, self.mode, self.policy, self.chunk = cost, mode, policy, chunk
+        self.layered_chunk = layered_chunk
+        self.cohort_kinds: Dict[str, int] = {}
         self.max_prefill_tokens, self.kv_capacity, self.max_running = max_prefill_tokens, kv_capacity_tokens, max_running
         self.layers = cost.m.layers
         # With record=True: one entry per iteration, (time, decode rows, [(cohort id, layers, tokens)], budget).
@@ -77,8 +95,13 @@ class Simulator:
         stats = {"expert": 0.0, "prefill_expert": 0.0, "tokens": 0, "busy": 0.0}
 
         def kv_used():
+            # Decoding and chunked-mode requests hold their whole prompt and output; a chunked cohort's request
+            # holds the chunks admitted so far (its output once its last chunk is admitted).
+            held = {id(r): r for c in cohorts for r, _, _ in c.segments}
+            if waiting and waiting[0].admitted:
+                held[id(waiting[0])] = waiting[0]
             return sum(r.prompt + r.output for r in decoding + prefilling) + sum(
-                r.prompt + r.output for c in cohorts for r in c.reqs)
+                r.admitted + (r.output if r.admitted == r.prompt else 0) for r in held.values())
 
         while iterations < max_iterations:
             while i_arr < len(pending) and pending[i_arr].arrival <= t:
@@ -109,19 +132,10 @@ class Simulator:
             else:
                 def view():
                     return SchedulerView(self.layers, len(decoding), len(waiting), tuple(c.state() for c in cohorts),
-                                         waiting[0].prompt if waiting else 0)
-                if waiting and self.policy.may_admit(view()):
-                    cap = min(self.max_prefill_tokens, self._admission_cap(view()))
-                    batch, tokens = [], 0
-                    while waiting and (not batch or tokens + waiting[0].prompt <= cap) and \
-                            kv_used() + sum(r.prompt + r.output for r in batch) + waiting[0].prompt + \
-                            waiting[0].output <= self.kv_capacity:
-                        r = waiting.pop(0)
-                        batch.append(r)
-                        tokens += r.prompt
-                    if batch:
-                        groups = self.policy.partition(tokens, self.layers, view())
-                        cohorts.append(_Cohort(next(ids), batch, tuple(groups)))
+                                         waiting[0].prompt - waiting[0].admitted if waiting else 0,
+                                         sum(r.prompt - r.admitted for r in waiting), sum(r.context for r in decoding))
+                if waiting and not any(c.holds_chunk for c in cohorts) and self.policy.may_admit(view()):
+                    self._admit(view(), waiting, cohorts, ids, kv_used())
                 if cohorts:
                     budget = getattr(self.policy, "token_layer_budget", None)
                     budget = budget(view()) if budget is not None else None
@@ -132,10 +146,10 @@ class Simulator:
                     by_id = {c.cid: c for c in cohorts}
                     for piece in plan.pieces:
                         c = by_id[piece.cohort_id]
-                        works.append(PrefillWork(c.tokens, 0, piece.layers))
+                        works.extend(c.works(piece.layers))
                         c.next_group += 1
                         if c.next_group == len(c.groups):
-                            finishing_prefill.extend(c.reqs)
+                            finishing_prefill.extend(r for r, start, n in c.segments if start + n == r.prompt)
                             cohorts.remove(c)
             if not works and not decoding:
                 # Nothing runnable (memory full of waiting prompts that never fit): jump to the next arrival.
@@ -172,8 +186,44 @@ class Simulator:
                 else:
                     decoding.append(r)
         return SimResult(requests, iterations, stats["expert"], stats["prefill_expert"], stats["tokens"],
-                         stats["busy"])
+                         stats["busy"], dict(self.cohort_kinds))
 
-    def _admission_cap(self, view) -> int:
-        cap = getattr(self.policy, "admission_token_cap", None)
-        return cap(view) if cap is not None else self.max_prefill_tokens
+    def _admit(self, view, waiting: List[SimRequest], cohorts: List[_Cohort], ids, kv_used: int) -> None:
+        """FCFS admission of one cohort as SGLang's PrefillAdder does it: up to the token cap (the first request
+        even above it), while KV memory allows; with a chunk size, at most that many tokens, the last prompt
+        truncated to a chunk that stays at the head of the queue."""
+        admission = getattr(self.policy, "admission", None)
+        if admission is not None:
+            a = admission(view)
+            cap, chunk = a.token_cap, a.chunk_tokens or self.layered_chunk
+            chosen_chunks = a.chunk_tokens is not None
+        else:
+            cap_of = getattr(self.policy, "admission_token_cap", None)
+            cap, chunk = (cap_of(view) if cap_of else self.max_prefill_tokens), self.layered_chunk
+            chosen_chunks = False
+        cap = min(cap, self.max_prefill_tokens)
+        if chunk:
+            cap = min(cap, chunk)
+        segments, tokens, reserved = [], 0, 0
+        while waiting:
+            r = waiting[0]
+            n = r.prompt - r.admitted
+            if chunk:
+                n = min(n, max(cap - tokens, 0) if segments else max(cap, 1))
+            if n <= 0 or (segments and tokens + n > cap):
+                break
+            need = n + (r.output if r.admitted + n == r.prompt else 0)
+            if kv_used + reserved + need > self.kv_capacity:
+                break
+            segments.append((r, r.admitted, n))
+            r.admitted += n
+            tokens += n
+            reserved += need
+            if r.admitted < r.prompt:
+                break  # a chunked prompt: nothing after it joins this cohort
+            waiting.pop(0)
+        if segments:
+            groups = self.policy.partition(tokens, self.layers, view)
+            cohorts.append(_Cohort(next(ids), segments, tuple(groups)))
+            kind = "chunked" if chosen_chunks else ("whole" if len(groups) == 1 else "layered")
+            self.cohort_kinds[kind] = self.cohort_kinds.get(kind, 0) + 1

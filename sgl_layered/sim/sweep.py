@@ -28,24 +28,30 @@ def make_requests(sc: Scenario, rate: float) -> List[SimRequest]:
     return [SimRequest(i, a, p, o) for i, (a, (p, o)) in enumerate(zip(arrivals, lengths))]
 
 
-def policy_factory(mode: str, sc: Scenario, switches: Optional[Switches] = None) -> Callable[[], object]:
+def policy_factory(mode: str, sc: Scenario, switches: Optional[Switches] = None,
+                   cost: Optional[CostModel] = None) -> Callable[[], object]:
+    """layered-ours chooses layered or chunked execution per cohort with the simulator's own cost model as its
+    predictor (on hardware: the same roofline model with that machine's profile)."""
     if mode == "layered-paper":
         return lambda: PaperPolicy(groups=None, tokens_per_group=512)
-    if mode == "layered-ours":
+    if mode in ("layered-ours", "layered-ours-nochoose"):
+        if mode == "layered-ours-nochoose":  # (f) off: always layered, bites sized by the TBT target alone
+            switches = Switches(choose=False)
         # Aim iterations a little under the token-gap SLO so queueing noise stays inside it.
-        return lambda: AdaptivePolicy(tbt_target_s=0.8 * sc.tbt_slo_s,
-                                      switches=switches or Switches())
+        return lambda: AdaptivePolicy(tbt_target_s=0.8 * sc.tbt_slo_s, switches=switches or Switches(),
+                                      iteration_cost=cost.seconds if cost is not None else None)
     raise ValueError(mode)
 
 
 def simulate(cost: CostModel, mode: str, sc: Scenario, rate: float, chunk: int = 512,
-             kv_capacity_tokens: int = 10 ** 9, switches: Optional[Switches] = None) -> dict:
+             kv_capacity_tokens: int = 10 ** 9, switches: Optional[Switches] = None,
+             layered_chunk: Optional[int] = None) -> dict:
     reqs = make_requests(sc, rate)
     if mode.startswith("chunked"):
         sim = Simulator(cost, "chunked", chunk=chunk, kv_capacity_tokens=kv_capacity_tokens)
     else:
-        sim = Simulator(cost, "layered", policy=policy_factory(mode, sc, switches)(),
-                        kv_capacity_tokens=kv_capacity_tokens)
+        sim = Simulator(cost, "layered", policy=policy_factory(mode, sc, switches, cost)(),
+                        kv_capacity_tokens=kv_capacity_tokens, layered_chunk=layered_chunk)
     res = sim.run(reqs)
     end = max(r.done or r.arrival for r in res.requests)
     records = []
@@ -58,7 +64,7 @@ def simulate(cost: CostModel, mode: str, sc: Scenario, rate: float, chunk: int =
     summary = latency.summarize(records, end - min(r.arrival for r in res.requests), sc.ttft_slo_s, sc.tbt_slo_s)
     summary.update({"mode": mode, "rate": rate, "iterations": res.iterations, "expert_bytes": res.expert_bytes,
                     "prefill_expert_bytes": res.prefill_expert_bytes, "prefill_tokens": res.prefill_tokens,
-                    "busy_s": res.busy_s})
+                    "busy_s": res.busy_s, "cohort_kinds": res.cohort_kinds})
     return summary
 
 
