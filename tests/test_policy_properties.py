@@ -13,19 +13,25 @@ from sgl_layered.sim.hardware import H100
 from sgl_layered.sim.shapes import MODELS
 
 COST = CostModel(MODELS["Qwen3-30B-A3B"], H100, tp=2, alpha=1.3, overhead_s=0.002)
-N = COST.m.layers
+DENSE = CostModel(MODELS["Qwen3-8B"], H100, tp=1, overhead_s=0.002)  # where chunked execution gets chosen
 
 requests = st.lists(st.tuples(st.floats(0.0, 0.3), st.integers(1, 6000), st.integers(1, 40)), min_size=1, max_size=25)
-policies = st.sampled_from(["paper", "paper-G3", "adaptive", "adaptive-target", "adaptive-no-pipeline"])
+policies = st.sampled_from(["paper", "paper-G3", "adaptive", "adaptive-target", "adaptive-no-pipeline",
+                            "paper-hybrid-700", "adaptive-choose-moe", "adaptive-choose-dense"])
 
 
 def make(policy):
+    """(policy, cost model, hybrid chunk tokens)"""
     return {
-        "paper": lambda: PaperPolicy(),
-        "paper-G3": lambda: PaperPolicy(groups=3),
-        "adaptive": lambda: AdaptivePolicy(),
-        "adaptive-target": lambda: AdaptivePolicy(tbt_target_s=0.05),
-        "adaptive-no-pipeline": lambda: AdaptivePolicy(switches=Switches(pipeline=False)),
+        "paper": lambda: (PaperPolicy(), COST, None),
+        "paper-G3": lambda: (PaperPolicy(groups=3), COST, None),
+        "adaptive": lambda: (AdaptivePolicy(), COST, None),
+        "adaptive-target": lambda: (AdaptivePolicy(tbt_target_s=0.05), COST, None),
+        "adaptive-no-pipeline": lambda: (AdaptivePolicy(switches=Switches(pipeline=False)), COST, None),
+        "paper-hybrid-700": lambda: (PaperPolicy(), COST, 700),
+        "adaptive-choose-moe": lambda: (AdaptivePolicy(tbt_target_s=0.1, iteration_cost=COST.seconds), COST, None),
+        "adaptive-choose-dense": lambda: (AdaptivePolicy(tbt_target_s=0.1, iteration_cost=DENSE.seconds), DENSE,
+                                          None),
     }[policy]()
 
 
@@ -36,26 +42,33 @@ def test_layered_schedule_invariants(reqs, policy):
     for i, (gap, prompt, output) in enumerate(reqs):
         t += gap
         sim_reqs.append(SimRequest(i, t, prompt, output))
-    sim = Simulator(COST, "layered", policy=make(policy), record=True)
+    policy_obj, cost, hybrid_chunk = make(policy)
+    sim = Simulator(cost, "layered", policy=policy_obj, record=True, layered_chunk=hybrid_chunk)
     result = sim.run(sim_reqs)
+    n = cost.m.layers
     # Every request got all its tokens, first token after arrival, gaps non-negative.
     for r in result.requests:
         assert r.done is not None and len(r.token_times) == r.output
         assert r.first_token >= r.arrival
-    by_cohort = defaultdict(list)
+    by_cohort, cohort_tokens = defaultdict(list), {}
     for step, (time_, decode_rows, pieces, budget) in enumerate(sim.log):
         ranges = sorted(layers for _, layers, _ in pieces)
         assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:])), "pieces overlap in layers"
         for cid, layers, tokens in pieces:
             by_cohort[cid].append((step, layers))
+            cohort_tokens[cid] = tokens
+            if hybrid_chunk:
+                assert tokens <= hybrid_chunk, "a hybrid cohort carries at most one chunk"
         if policy == "adaptive" and len(pieces) > 1:
             # A pipelined cohort is only admitted within the iteration's prefill budget (the paper's work).
             assert sum(tok * (lay[1] - lay[0]) for _, lay, tok in pieces) <= budget
     for cid, steps in by_cohort.items():
         layers = [i for _, (lo, hi) in steps for i in range(lo, hi)]
-        assert layers == list(range(N)), f"cohort {cid} ran layers {layers}"  # none skipped or repeated, in order
+        assert layers == list(range(n)), f"cohort {cid} ran layers {layers}"  # none skipped or repeated, in order
         idx = [s for s, _ in steps]
         assert idx == list(range(idx[0], idx[0] + len(idx))), "a cohort's passes run in consecutive iterations"
+    # Every prompt token is prefilled exactly once, whether prompts ran whole, chunked or layered.
+    assert sum(cohort_tokens.values()) == sum(r.prompt for r in result.requests)
 
 
 def test_split_by_cost_balances_dense_first_layer():

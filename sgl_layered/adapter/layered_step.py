@@ -88,7 +88,7 @@ class LayeredRuntime:
         head = len(waiting[0].origin_input_ids) if waiting else 0
         waiting_tokens = sum(len(r.origin_input_ids) for r in waiting)
         if chunked is not None:
-            waiting_tokens -= min(len(chunked.prefix_indices), len(chunked.origin_input_ids))
+            waiting_tokens -= min(int(chunked.prefix_len), len(chunked.origin_input_ids))
         reqs = decode_batch.reqs if decode_batch is not None else ()
         context = sum(len(r.origin_input_ids) + len(r.output_ids) for r in reqs)
         return SchedulerView(self.num_layers, len(reqs), len(waiting), tuple(c.state() for c in self.cohorts), head,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from .execution import Execution, IterationCost, PieceWork, added_seconds, choose_execution
+from .execution import Execution, IterationCost, PieceWork, choose_execution
 from .partition import LayerRange, split_layers
 from .policy import IterationPlan, Piece, SchedulerView, check_plan
 
@@ -121,7 +121,7 @@ class AdaptivePolicy:
     tokens through every layer); with a target, the online cost model decides how much prefill fits."""
 
     name = "adaptive"
-    BITE_GAIN = 0.1  # a bigger prefill bite must cut the cost per prompt token by this fraction to be worth it
+    BITE_GAIN = 0.5  # a bigger prefill bite must cut the iteration time per prompt token to this fraction
 
     def __init__(self, tbt_target_s: Optional[float] = None, switches: Switches = Switches(),
                  tokens_per_group: int = 512, max_cohorts: int = 4, stash_budget_bytes: Optional[float] = None,
@@ -139,6 +139,7 @@ class AdaptivePolicy:
         self.min_piece_tokens = min_piece_tokens
         self.iteration_cost = iteration_cost if switches.choose else None
         self._admission_budget: Optional[float] = None  # set by admission(), used by the partition that follows
+        self._predicted_memo: Tuple[object, float] = (None, 0.0)  # one search per decode batch, not per call
 
     # -- feedback -----------------------------------------------------------------------------------------
     def observe(self, decode_rows: int, prefill_token_layers: float, num_layers: int, seconds: float) -> None:
@@ -149,41 +150,41 @@ class AdaptivePolicy:
         paper = float(self.tokens_per_group * view.num_layers)
         if not self.switches.adaptive or self.tbt_target_s is None:
             return paper
-        budget = paper
+        budget = None
         if self.model.ready and self.model.coef[2] > 0:
             a, b, c = self.model.coef
             budget = max(0.0, (self.tbt_target_s - a - b * view.decode_rows) / c * view.num_layers)
-        elif self.iteration_cost is not None:
-            # Until measured times identify the online model, the roofline model's answer (with chunks of one
-            # size only, they never would: that size would then stick).
-            budget = self._predicted_budget(view)
-        if self.iteration_cost is not None and budget > paper and not self._bigger_bites_pay(view, budget):
+        if self.iteration_cost is None:
+            return paper if budget is None else budget
+        # With the roofline model: never above what it predicts fits the target (the online model is linear in
+        # token-layers and blind to a big prompt's quadratic attention), and its answer alone until measured
+        # times identify the online model (with chunks of one size only, they never would).
+        predicted = self._predicted_budget(view)
+        budget = predicted if budget is None else min(budget, predicted)
+        if budget > paper and not self._bigger_bites_pay(view, budget):
             return paper
         return budget
 
     def _bigger_bites_pay(self, view: SchedulerView, budget: float) -> bool:
-        """Whether prompt work beyond the paper's bite costs less per token: true where each pass loads weights the
-        decode rows do not (MoE experts), false where the decode rows' weight load already hides a small bite's
-        flops (dense layers). Bigger bites only trade decode latency for TTFT when they buy no efficiency."""
-        n = view.num_layers
+        """Whether a bite beyond the paper's at least doubles prefill throughput (prompt tokens per iteration
+        second). Where an iteration at the paper's bite is mostly fixed cost (MoE expert loads for the decode
+        rows, per-iteration overhead) big bites amortise it; where it is mostly the bite's own flops (dense
+        layers) they buy little and only trade decode latency for TTFT."""
+        n, small = view.num_layers, self.tokens_per_group
+        big = int(budget // n)
 
-        big, small = int(budget // n), self.tokens_per_group
-        cost, rows, context = self.iteration_cost, view.decode_rows, view.decode_context
-
-        def added_per_token(tokens):
-            return added_seconds(cost, rows, context, ((PieceWork(tokens, 0, (0, n)),),)) / tokens
-
-        if added_per_token(big) < (1.0 - self.BITE_GAIN) * added_per_token(small):
-            return True
-        # A backlog of at least one big bite: prefill throughput counts the whole iteration (its fixed costs and
-        # the decode rows' weight loads are shared by fewer prompt tokens with small bites).
         def seconds_per_token(tokens):
-            return cost(rows, context, (PieceWork(tokens, 0, (0, n)),)) / tokens
-        return (view.waiting_tokens >= big
-                and seconds_per_token(big) < (1.0 - self.BITE_GAIN) * seconds_per_token(small))
+            return self.iteration_cost(view.decode_rows, view.decode_context, (PieceWork(tokens, 0, (0, n)),)) / tokens
+        return seconds_per_token(big) <= self.BITE_GAIN * seconds_per_token(small)
 
     def _predicted_budget(self, view: SchedulerView) -> float:
         """Largest full-depth prompt pass (in token-layers) the iteration cost model keeps within the target."""
+        key = (view.num_layers, view.decode_rows, view.decode_context)
+        if self._predicted_memo[0] != key:
+            self._predicted_memo = (key, self._search_budget(view))
+        return self._predicted_memo[1]
+
+    def _search_budget(self, view: SchedulerView) -> float:
         def fits(tokens):
             pieces = (PieceWork(tokens, 0, (0, view.num_layers)),)
             return self.iteration_cost(view.decode_rows, view.decode_context, pieces) <= self.tbt_target_s
@@ -242,6 +243,10 @@ class AdaptivePolicy:
         # partition() runs after the admission, when the queue is shorter: it must size the cohort's groups with
         # the budget this choice was made at.
         budget = self._admission_budget = self.token_layer_budget(view)
+        if budget > self.tokens_per_group * view.num_layers:
+            # Bites beyond the paper's run layered: the online model sizing them sees token-layers, not a chunk's
+            # attention over its growing prefix, so big chunks would overrun the target.
+            return Admission(cap)
         tokens = min(cap, max(view.waiting_tokens, view.head_waiting_tokens))
         choice = choose_execution(self.iteration_cost, tokens, view.num_layers, budget,
                                   view.decode_rows, view.decode_context)

@@ -32,6 +32,7 @@ class SchedulerView:
     head_waiting_tokens: int = 0  # prompt length of the first waiting request (an upper bound on its new tokens)
     waiting_tokens: int = 0  # prompt tokens of all waiting requests still to compute (upper bound)
     decode_context: int = 0  # context tokens (prompt + generated) of the running decode requests
+    head_wait_s: float = 0.0  # how long the first waiting request has waited
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,8 @@ class Simulator:
                 def view():
                     return SchedulerView(self.layers, len(decoding), len(waiting), tuple(c.state() for c in cohorts),
                                          waiting[0].prompt - waiting[0].admitted if waiting else 0,
-                                         sum(r.prompt - r.admitted for r in waiting), sum(r.context for r in decoding))
+                                         sum(r.prompt - r.admitted for r in waiting), sum(r.context for r in decoding),
+                                         t - waiting[0].arrival if waiting else 0.0)
                 if waiting and not any(c.holds_chunk for c in cohorts) and self.policy.may_admit(view()):
                     self._admit(view(), waiting, cohorts, ids, kv_used())
                 if cohorts:
