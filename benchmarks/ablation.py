@@ -42,7 +42,13 @@ MODES: Dict[str, List[str]] = {
     # whole pass when nothing decodes, activation-stash budget.
     "layered-ours": ["--enable-layered-prefill", "--layered-prefill-policy", "adaptive"],
     "layered-ours+idle": ["--enable-layered-prefill", "--layered-prefill-policy", "adaptive",
-                          "--layered-prefill-switches", "adaptive,pipeline,stash,idle_whole"],
+                          "--layered-prefill-switches", "adaptive,pipeline,stash,choose,idle_whole"],
+    # Our policy deciding as it would on an H100 (the roofline model with that profile), executed on this CPU:
+    # on a dense model it runs most cohorts as 512-token chunks through every layer.
+    "layered-ours-h100": ["--enable-layered-prefill", "--layered-prefill-policy", "adaptive",
+                          "--layered-prefill-cost-profile", "H100-SXM"],
+    # The chunk x layer hybrid (issue 4 d): prompts admitted 1024 tokens at a time, each chunk layered.
+    "layered-auto+hybrid-1024": ["--enable-layered-prefill", "--layered-prefill-chunk-tokens", "1024"],
 }
 
 
@@ -88,16 +94,16 @@ def quick_plan() -> Plan:
 def policy_plan() -> Plan:
     """Issue 4's comparison on the real CPU engine: the paper's rule vs our policy, same workload, one run."""
     return Plan(
-        model="bench-qwen3-moe", routings={"model": ["layered-auto", "layered-ours", "layered-ours+idle"]},
+        model="bench-qwen3-moe", routings={"model": ["layered-auto", "layered-ours", "layered-auto+hybrid-1024"]},
         rates={"sharegpt-like": [1.2], "arxiv-like": [0.6]}, requests=32, prompt_scale=1 / 8, output_scale=1 / 16,
         slo={"sharegpt-like": [6.0, 1.0], "arxiv-like": [15.0, 1.0]},
-        sweep_rates_for=["layered-auto", "layered-ours", "layered-ours+idle"])
+        sweep_rates_for=["layered-auto", "layered-ours", "layered-auto+hybrid-1024"])
 
 
 def dense_plan() -> Plan:
     """Issue 5: a dense model gains nothing from layering (no expert weights re-streamed per chunk); shown, not
     assumed. Same workloads, rates and SLOs as the default sweep's first rate."""
-    modes = ["sglang-default", "chunked-512", "layered-auto", "layered-ours"]
+    modes = ["sglang-default", "chunked-512", "layered-auto", "layered-ours", "layered-ours-h100"]
     return Plan(
         model="bench-qwen3", routings={"model": modes},
         rates={"sharegpt-like": [0.6], "arxiv-like": [0.3]}, requests=10, prompt_scale=1 / 8, output_scale=1 / 16,
