@@ -68,6 +68,11 @@ HOOKS: tuple = (
            "SGLang's CPU engine only (a GPU launch keeps the kernel)", only_on_cpu_engine=True)
       for name, impl in (("fused_gate_sigmoid_mul", "gate_sigmoid_mul"),
                          ("fused_gate_sigmoid_mul_add", "gate_sigmoid_mul_add"))),
+    Hook("sglang.srt.models.deepseek_common.attention_backend_handler.AttentionBackendRegistry.get_handler",
+         "AROUND", "sgl_layered.adapter.cpu_ops:mla_method_for_torch_native", SCHEDULER,
+         "DeepSeek-V2's MLA attention cannot prefill with torch_native (SGLang dispatches it to an MHA path whose "
+         "k/v torch_native ignores): the absorbed MLA path for all forward modes, in SGLang's CPU engine only",
+         only_on_cpu_engine=True),
 )
 
 
@@ -77,6 +82,7 @@ CALLED: tuple = (
     "sglang.srt.model_executor.model_runner.ModelRunner._get_attention_backend",
     "sglang.srt.model_executor.model_runner.ModelRunner._prepare_eager_forward_batch",
     "sglang.srt.model_executor.model_runner.ModelRunner.sample",
+    "sglang.srt.models.deepseek_common.attention_backend_handler._dispatch_mla_subtype",
     "sglang.srt.managers.scheduler.Scheduler._relay_forward_payload",
     "sglang.srt.managers.scheduler.Scheduler._copy_auxiliary_output_to_cpu",
     "sglang.srt.managers.scheduler.Scheduler.update_running_batch",
