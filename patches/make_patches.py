@@ -153,6 +153,7 @@ def main(out_dir: Path = HERE) -> None:
             decorate_layer_forward("sglang/srt/models/qwen2_moe.py", "Qwen2MoeDecoderLayer", "from torch import nn"),
             decorate_layer_forward("sglang/srt/models/llama.py", "LlamaDecoderLayer", "from torch import nn"),
             decorate_layer_forward("sglang/srt/models/qwen3.py", "Qwen3DecoderLayer", "from torch import nn"),
+            decorate_layer_forward("sglang/srt/models/deepseek_v2.py", "DeepseekV2DecoderLayer", "from torch import nn"),
         ],
         "0007-qwen2-moe-shared-expert-gate-on-cpu.patch": [edit("sglang/srt/models/qwen2_moe.py", [
             ('from sglang.kernels.ops.elementwise.elementwise import (\n'
