@@ -54,6 +54,12 @@ PRESETS: dict[str, ModelPreset] = {
                     head_dim=8, num_experts=8, top_k=2, expert_intermediate=32, shared_expert_intermediate=32,
                     extra={"kv_lora_rank": 32, "qk_nope_head_dim": 16, "v_head_dim": 16, "dense_intermediate": 128,
                            "first_k_dense_replace": 1}),
+        # DeepSeek-V3 layout: the same MLA layer with a q LoRA, and the noaux_tc router (sigmoid scores plus a
+        # score-correction bias, top-2 of 4 expert groups).
+        ModelPreset("tiny-deepseek-v3", "deepseek_v3", num_layers=4, hidden=64, heads=4, kv_heads=4,
+                    head_dim=8, num_experts=8, top_k=2, expert_intermediate=32, shared_expert_intermediate=32,
+                    extra={"kv_lora_rank": 32, "q_lora_rank": 48, "qk_nope_head_dim": 16, "v_head_dim": 16,
+                           "dense_intermediate": 128, "first_k_dense_replace": 1, "n_group": 4, "topk_group": 2}),
         # Dense models: layered prefill runs them too, and gains nothing there (no experts to re-stream).
         ModelPreset("tiny-llama", "llama", num_layers=5, hidden=64, heads=4, kv_heads=2,
                     head_dim=16, num_experts=0, top_k=0, expert_intermediate=128),
