@@ -18,11 +18,11 @@ cpu.apply_env()
 
 _REFERENCE = {}
 
-# Stock SGLang 0.5.23 cannot run Qwen2-MoE on CPU (its shared-expert gate is a Triton kernel), nor DeepSeek-V2
+# Stock SGLang 0.5.23 cannot run Qwen2-MoE on CPU (its shared-expert gate is a Triton kernel), nor DeepSeek-V2/V3
 # (torch_native gets an MHA prefill path it cannot serve). Their references load our plugin with layered
 # prefill off (the trace on, to a scratch file): SGLang's own unchunked schedule plus only the CPU-engine fix
 # (hooks with only_on_cpu_engine: the gate stand-in, the absorbed MLA method for torch_native).
-_NEEDS_CPU_FIX = {"tiny-qwen2-moe", "tiny-deepseek-v2"}
+_NEEDS_CPU_FIX = {"tiny-qwen2-moe", "tiny-deepseek-v2", "tiny-deepseek-v3"}
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ forward_batch, ...) -> hidden_states` with the residual carried in `forward_batc
 0.5.23 layer-boundary convention), and the usual `model.model.{embed_tokens,layers,norm}`, `lm_head` and
 `logits_processor`. The decoder-layer forward is the seam the fused pass wraps (see hooks.HOOKS).
 
-DeepSeek-V2's layer differs in two ways its ArchSpec records: its forward takes the model forward's
+DeepSeek-V2's layer (DeepSeek-V3 uses the same class) differs in two ways its ArchSpec records: its forward takes the model forward's
 BumpAllocator after forward_batch (`zero_allocator`), and returns `(hidden_states, topk_indices)`
 (`returns_tuple`; the indices are None except for DeepSeek's sparse-attention variants, which we refuse).
 """
@@ -33,6 +33,8 @@ SUPPORTED = {
         ArchSpec("Qwen2MoeForCausalLM", "sglang.srt.models.qwen2_moe.Qwen2MoeDecoderLayer", "Qwen2-MoE"),
         ArchSpec("DeepseekV2ForCausalLM", "sglang.srt.models.deepseek_v2.DeepseekV2DecoderLayer",
                  "DeepSeek-V2, MLA", zero_allocator=True, returns_tuple=True),
+        ArchSpec("DeepseekV3ForCausalLM", "sglang.srt.models.deepseek_v2.DeepseekV2DecoderLayer",
+                 "DeepSeek-V3, MLA", zero_allocator=True, returns_tuple=True),
         ArchSpec("LlamaForCausalLM", "sglang.srt.models.llama.LlamaDecoderLayer", "Llama, dense", moe=False),
         ArchSpec("Qwen3ForCausalLM", "sglang.srt.models.qwen3.Qwen3DecoderLayer", "Qwen3, dense", moe=False),
     )
@@ -41,9 +43,6 @@ SUPPORTED = {
 
 # Architectures our users ask about that are refused for a known reason (see the README's model table).
 NOT_YET = {
-    "DeepseekV3ForCausalLM": "untested: it shares DeepSeek-V2's decoder layer (supported), but its router "
-                             "(noaux_tc: sigmoid scores, a score-correction bias, grouped top-k) has not been run "
-                             "through the fused pass",
     "GptOssForCausalLM": "untested: SGLang 0.5.23 cannot run it on CPU (its attention passes per-head `sinks`, "
                          "which the torch_native backend's forward does not take), and no GPU was available to "
                          "verify the fused pass with its sinks and alternating sliding windows",
@@ -54,6 +53,14 @@ def unsupported_message(architecture: str) -> str:
     why = f": {NOT_YET[architecture]}" if architecture in NOT_YET else ""
     return (f"layered prefill does not support model architecture {architecture!r} yet{why} "
             f"(supported: {', '.join(sorted(SUPPORTED))})")
+
+
+def decoder_layers() -> dict:
+    """Each supported decoder-layer class once (DeepSeek-V2 and V3 share one), with its architectures' labels."""
+    out = {}
+    for spec in SUPPORTED.values():
+        out[spec.decoder_layer] = f"{out[spec.decoder_layer]}; {spec.label}" if spec.decoder_layer in out else spec.label
+    return out
 
 
 def spec_of_layer(layer) -> ArchSpec:
