@@ -5,9 +5,10 @@ forward_batch, ...) -> hidden_states` with the residual carried in `forward_batc
 0.5.23 layer-boundary convention), and the usual `model.model.{embed_tokens,layers,norm}`, `lm_head` and
 `logits_processor`. The decoder-layer forward is the seam the fused pass wraps (see hooks.HOOKS).
 
-DeepSeek-V2's layer (DeepSeek-V3 uses the same class) differs in two ways its ArchSpec records: its forward takes the model forward's
-BumpAllocator after forward_batch (`zero_allocator`), and returns `(hidden_states, topk_indices)`
-(`returns_tuple`; the indices are None except for DeepSeek's sparse-attention variants, which we refuse).
+DeepSeek-V2's decoder layer (DeepSeek-V3 uses the same class) differs in two ways its ArchSpec records: its
+forward takes the model forward's BumpAllocator after forward_batch (`zero_allocator`), and returns
+`(hidden_states, topk_indices)` (`returns_tuple`; the indices are None except for DeepSeek's sparse-attention
+variants, which we refuse).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def decoder_layers() -> dict:
     """Each supported decoder-layer class once (DeepSeek-V2 and V3 share one), with its architectures' labels."""
     out = {}
     for spec in SUPPORTED.values():
-        out[spec.decoder_layer] = f"{out[spec.decoder_layer]}; {spec.label}" if spec.decoder_layer in out else spec.label
+        out[spec.decoder_layer] = "; ".join(filter(None, (out.get(spec.decoder_layer), spec.label)))
     return out
 
 

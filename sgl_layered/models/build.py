@@ -115,7 +115,8 @@ def _deepseek_config(p: ModelPreset, common: dict) -> dict:
 
 def _deepseek_weights(p: ModelPreset):
     x = p.extra
-    h, heads, rope, nope, v, rank = p.hidden, p.heads, p.head_dim, x["qk_nope_head_dim"], x["v_head_dim"], x["kv_lora_rank"]
+    h, heads, rope = p.hidden, p.heads, p.head_dim
+    nope, v, rank = x["qk_nope_head_dim"], x["v_head_dim"], x["kv_lora_rank"]
     q_rank = x.get("q_lora_rank")
     yield "model.embed_tokens.weight", (p.vocab_size, h), "embed"
     for i in range(p.num_layers):
