@@ -153,6 +153,7 @@ def main(out_dir: Path = HERE) -> None:
             decorate_layer_forward("sglang/srt/models/qwen2_moe.py", "Qwen2MoeDecoderLayer", "from torch import nn"),
             decorate_layer_forward("sglang/srt/models/llama.py", "LlamaDecoderLayer", "from torch import nn"),
             decorate_layer_forward("sglang/srt/models/qwen3.py", "Qwen3DecoderLayer", "from torch import nn"),
+            decorate_layer_forward("sglang/srt/models/deepseek_v2.py", "DeepseekV2DecoderLayer", "from torch import nn"),
         ],
         "0007-qwen2-moe-shared-expert-gate-on-cpu.patch": [edit("sglang/srt/models/qwen2_moe.py", [
             ('from sglang.kernels.ops.elementwise.elementwise import (\n'
@@ -160,6 +161,21 @@ def main(out_dir: Path = HERE) -> None:
              'from sglang.srt.layered_prefill.cpu_ops import (  # Triton on CUDA, torch elsewhere\n'
              '    fused_gate_sigmoid_mul,\n    fused_gate_sigmoid_mul_add,\n)\n'),
         ])],
+        "0008-mla-absorbed-method-for-torch-native.patch": [
+            edit("sglang/srt/models/deepseek_common/attention_backend_handler.py", [
+                ('def handle_attention_intel_xpu(attn, forward_batch):\n'
+                 '    return _handle_attention_backend(attn, forward_batch, "intel_xpu")\n',
+                 'def handle_attention_intel_xpu(attn, forward_batch):\n'
+                 '    return _handle_attention_backend(attn, forward_batch, "intel_xpu")\n\n\n'
+                 'def handle_attention_torch_native(attn, forward_batch):\n'
+                 '    # torch_native attention reads K/V from the latent MLA pool in every mode, so the MHA\n'
+                 '    # prefill path (per-head k/v, save_kv_cache=False) is not servable: absorbed MLA throughout.\n'
+                 '    return _dispatch_mla_subtype(attn, forward_batch)\n'),
+                ('AttentionBackendRegistry.register("intel_xpu", handle_attention_intel_xpu)\n',
+                 'AttentionBackendRegistry.register("intel_xpu", handle_attention_intel_xpu)\n'
+                 'AttentionBackendRegistry.register("torch_native", handle_attention_torch_native)\n'),
+            ]),
+        ],
         "0005-decode-graph-eager-during-layered-pass.patch": [
             edit("sglang/srt/model_executor/runner/decode_cuda_graph_runner.py", [
                 ('    def can_run_graph(self, forward_batch: ForwardBatch):\n'

@@ -18,10 +18,11 @@ cpu.apply_env()
 
 _REFERENCE = {}
 
-# Stock SGLang 0.5.23 cannot run Qwen2-MoE on CPU (its shared-expert gate is a Triton kernel). Its reference
-# loads our plugin with layered prefill off (the trace on, to a scratch file): SGLang's own unchunked schedule
-# plus only the CPU stand-in for that gate.
-_NEEDS_CPU_GATE = {"tiny-qwen2-moe"}
+# Stock SGLang 0.5.23 cannot run Qwen2-MoE on CPU (its shared-expert gate is a Triton kernel), nor DeepSeek-V2/V3
+# (torch_native gets an MHA prefill path it cannot serve). Their references load our plugin with layered
+# prefill off (the trace on, to a scratch file): SGLang's own unchunked schedule plus only the CPU-engine fix
+# (hooks with only_on_cpu_engine: the gate stand-in, the absorbed MLA method for torch_native).
+_NEEDS_CPU_FIX = {"tiny-qwen2-moe", "tiny-deepseek-v2", "tiny-deepseek-v3"}
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +41,7 @@ def stock_reference(model_path):
     def get(name):
         if name not in _REFERENCE:
             extra = {}
-            if name in _NEEDS_CPU_GATE:
+            if name in _NEEDS_CPU_FIX:
                 import tempfile
 
                 extra["layered_prefill_trace"] = tempfile.mkstemp(suffix=".jsonl")[1]

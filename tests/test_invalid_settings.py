@@ -46,7 +46,6 @@ def test_knobs_without_the_feature_are_rejected(model_path):
 
 
 @pytest.mark.parametrize("arch,model_type,reason", [
-    ("DeepseekV2ForCausalLM", "deepseek_v2", "MLA attention"),
     ("GptOssForCausalLM", "gpt_oss", "sinks"),
     ("Gemma2ForCausalLM", "gemma2", "supported: "),
 ])

@@ -1,6 +1,8 @@
 """Every supported architecture beyond the two core ones: Qwen2-MoE (shared experts, a Triton gate we replace on
-CPU) and the dense Llama and Qwen3. fp32 greedy tokens equal SGLang's unchunked prefill, with prefills
-overlapping running decodes, and the trace shows the layered schedule."""
+CPU), DeepSeek-V2 and V3 (MLA attention, a dense first layer, shared experts; V3 with a q LoRA and its noaux_tc
+router; SGLang's MLA method dispatch fixed for torch_native on CPU) and the dense Llama and Qwen3. fp32 greedy
+tokens equal SGLang's unchunked prefill, with prefills overlapping running decodes, and the trace shows the
+layered schedule."""
 
 import pytest
 
@@ -10,7 +12,7 @@ from sgl_layered.models import get_preset
 from trace_checks import check_layered_schedule, read
 from workload import MAX_NEW_TOKENS, prompts, run_staggered
 
-MODELS = ["tiny-qwen2-moe", "tiny-llama", "tiny-qwen3"]
+MODELS = ["tiny-qwen2-moe", "tiny-deepseek-v2", "tiny-deepseek-v3", "tiny-llama", "tiny-qwen3"]
 
 
 @pytest.mark.engine

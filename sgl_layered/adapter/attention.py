@@ -21,6 +21,9 @@ class RowSplitAttention:
         # Read through get_token_to_kv_pool() / get_req_to_token_pool() by some layers.
         self.token_to_kv_pool = decode_backend.token_to_kv_pool
         self.req_to_token_pool = decode_backend.req_to_token_pool
+        # Read by DeepSeek's MLA method dispatch (the fused view is a MIXED batch: the prefill name is used).
+        self.prefill_attention_backend_str = getattr(prefill_backend, "prefill_attention_backend_str", None)
+        self.decode_attention_backend_str = getattr(decode_backend, "decode_attention_backend_str", None)
 
     def forward(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         n = self.prefill_rows

@@ -18,7 +18,19 @@ GPU_ITERATION_OVERHEAD_S = 0.002  # scheduling, sampling, embedding and LM head:
 
 
 def model_shape(hf_config, dtype_bytes: int) -> ModelShape:
-    """Layers, attention and (MoE) FFN widths of a Qwen3-MoE / Qwen2-MoE / Mixtral / Llama / Qwen3 config."""
+    """Layers, attention and (MoE) FFN widths of a Qwen3-MoE / Qwen2-MoE / Mixtral / Llama / Qwen3 / DeepSeek-V2
+    config."""
+    if getattr(hf_config, "kv_lora_rank", None):  # DeepSeek-V2 (MLA), as sim/shapes.py describes DeepSeek-V2-Lite
+        c = hf_config
+        rope = int(c.qk_rope_head_dim)
+        return ModelShape(
+            name=str(c.model_type), layers=int(c.num_hidden_layers), hidden=int(c.hidden_size),
+            q_heads=int(c.num_attention_heads), kv_heads=int(c.num_attention_heads),
+            head_dim=int(c.qk_nope_head_dim) + rope, experts=int(c.n_routed_experts), top_k=int(c.num_experts_per_tok),
+            expert_intermediate=int(c.moe_intermediate_size), dense_intermediate=int(c.intermediate_size),
+            dense_layers=int(c.first_k_dense_replace), shared_experts=int(c.n_shared_experts or 0),
+            shared_intermediate=int(c.moe_intermediate_size), weight_bytes=float(dtype_bytes),
+            expert_weight_bytes=float(dtype_bytes), kv_bytes_per_token_layer=(int(c.kv_lora_rank) + rope) * dtype_bytes)
     heads = int(hf_config.num_attention_heads)
     hidden = int(hf_config.hidden_size)
     experts = int(getattr(hf_config, "num_experts", 0) or getattr(hf_config, "num_local_experts", 0) or 0)

@@ -1,9 +1,16 @@
-"""Pure-torch stand-ins for the Triton kernels SGLang's Qwen2-MoE calls outside any backend switch.
+"""CPU-engine fixes that let SGLang 0.5.23 run two supported models at all. hooks.HOOKS installs them only in
+SGLang's CPU engine (SGLANG_USE_CPU_ENGINE=1), so a GPU launch keeps SGLang's own code.
 
 Qwen2-MoE gates its shared expert with `fused_gate_sigmoid_mul(_add)`, Triton kernels that cannot run on a
-CPU. These functions compute the same thing (per token: sigmoid(hidden . gate_weight) * shared_output, in
-fp32, optionally added to the routed-expert output in place). hooks.HOOKS installs them only in SGLang's CPU
-engine (SGLANG_USE_CPU_ENGINE=1), so a GPU launch keeps the Triton kernels.
+CPU. `gate_sigmoid_mul(_add)` compute the same thing (per token: sigmoid(hidden . gate_weight) *
+shared_output, in fp32, optionally added to the routed-expert output in place).
+
+DeepSeek-V2 (MLA attention): torch_native has no entry in SGLang's MLA attention-method registry, so it gets
+the Triton backend's choice, which sends a prefill without cached prefix to the MHA path (`attn_mha` with
+decompressed per-head k/v and save_kv_cache=False). torch_native's extend attention reads K/V from the
+latent KV pool, not the k/v it is passed, so that path fails. `mla_method_for_torch_native` gives
+torch_native the absorbed MLA path for every forward mode: the latent KV is written and read in the one
+format decode uses, and every row gets the same attention math (exact vs HF transformers on a tiny model).
 """
 
 from __future__ import annotations
@@ -22,3 +29,13 @@ def gate_sigmoid_mul(hidden_states, gate_weight, shared_output):
 
 def gate_sigmoid_mul_add(hidden_states, gate_weight, shared_output, final_hidden_states) -> None:
     final_hidden_states.copy_(final_hidden_states.float() + _gated(hidden_states, gate_weight, shared_output))
+
+
+def mla_method_for_torch_native(original, registry, backend_name):
+    """AROUND hook on AttentionBackendRegistry.get_handler: torch_native dispatches every forward to the absorbed
+    MLA path (see the module docstring); other backends keep SGLang's handler."""
+    if backend_name != "torch_native":
+        return original(registry, backend_name)
+    from sglang.srt.models.deepseek_common.attention_backend_handler import _dispatch_mla_subtype
+
+    return _dispatch_mla_subtype

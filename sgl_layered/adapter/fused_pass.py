@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 from typing import Optional
 
+import torch
+
 from sglang.srt.eplb.expert_distribution import get_global_expert_distribution_recorder
 from sglang.srt.layers.layer_boundary.residual import batch as residual_batch
 from sglang.srt.layers.layer_boundary.residual.stream import ResidualStream
@@ -24,7 +26,7 @@ from sglang.srt.runtime_context import get_model
 from sgl_layered.runtime.stash import Activations, join, split
 
 from . import experts
-from .archs import layer_stack
+from .archs import layer_stack, spec_of_layer
 from .attention import RowSplitAttention
 from .views import fused_view
 
@@ -98,6 +100,21 @@ def import_activations(act: Activations, forward_batch):
     return hidden
 
 
+def _zero_allocator(num_layers: int, device):
+    """What DeepSeek-V2's model forward hands its layers: a small zeroed fp32 scratch, two slots per layer."""
+    from sglang.srt.utils.common import BumpAllocator
+
+    return BumpAllocator(buffer_size=2 * num_layers, dtype=torch.float32, device=device)
+
+
+def _no_row_outputs(extra) -> None:
+    """A layer's outputs besides hidden_states (DeepSeek-V2's topk_indices) must not be per-row tensors: the
+    fused pass would have to split them too. They are None for every model we support."""
+    if any(x is not None for x in extra):
+        raise RuntimeError("layered prefill cannot split a decoder layer's extra per-row outputs (a DeepSeek "
+                           "sparse-attention model?)")
+
+
 class PromptPass:
     def __init__(self, model, cohort, layers, prefill_backend):
         self.model = model
@@ -105,6 +122,7 @@ class PromptPass:
         self.start, self.end = layers
         self.prefill_backend = prefill_backend
         self.embed, self.layer_list, self.final_norm = layer_stack(model)
+        self.spec = spec_of_layer(self.layer_list[self.start])
         self.index = {id(layer): i for i, layer in enumerate(self.layer_list)}
         self.num_layers = len(self.layer_list)
         self.ran = []
@@ -125,7 +143,11 @@ class PromptPass:
             out = original(layer, self.view.positions, hidden, self.view, *args, **kwargs)
         self.ran.append(i)
         if i == self.end - 1:
-            out = self._split(out, forward_batch)
+            if not self.spec.returns_tuple:
+                return self._split(out, forward_batch)
+            hidden, *extra = out
+            _no_row_outputs(extra)
+            return (self._split(hidden, forward_batch), *extra)
         return out
 
     def _join(self, decode_hidden, decode_batch):
@@ -150,9 +172,13 @@ class PromptPass:
                 get_model().override(shared_experts=self.model.shared_experts_config):
             self.prefill_backend.init_forward_metadata(prompt_batch)
             hidden = import_activations(self._prompt_in(), prompt_batch)
+            args = (_zero_allocator(self.end - self.start, hidden.device),) if self.spec.zero_allocator else ()
             for i in range(self.start, self.end):
                 with recorder.with_current_layer(i):
-                    hidden = self.layer_list[i](prompt_batch.positions, hidden, prompt_batch)
+                    hidden = self.layer_list[i](prompt_batch.positions, hidden, prompt_batch, *args)
+                if self.spec.returns_tuple:
+                    hidden, *extra = hidden
+                    _no_row_outputs(extra)
                 self.ran.append(i)
             self._prompt_out(export_activations(hidden, prompt_batch))
 

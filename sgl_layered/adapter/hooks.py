@@ -16,7 +16,7 @@ import os
 import pkgutil
 from dataclasses import dataclass
 
-from .archs import SUPPORTED
+from .archs import decoder_layers
 
 MAIN = "main"
 SCHEDULER = "scheduler"
@@ -50,9 +50,9 @@ HOOKS: tuple = (
     Hook("sglang.srt.managers.scheduler.Scheduler", "REPLACE", "sgl_layered.adapter.scheduler:LayeredScheduler",
          SCHEDULER, "admit prompts as cohorts, run one layer group per iteration with the decode batch, "
                     "merge a cohort into decode only after its last group; record the per-iteration trace"),
-    *(Hook(spec.decoder_layer + ".forward", "AROUND", "sgl_layered.adapter.fused_pass:decoder_layer_hook",
+    *(Hook(layer + ".forward", "AROUND", "sgl_layered.adapter.fused_pass:decoder_layer_hook",
            SCHEDULER, f"splice the cohort's prompt rows into the decode forward inside the active layer group "
-                      f"({spec.label})") for spec in SUPPORTED.values()),
+                      f"({label})") for layer, label in decoder_layers().items()),
     Hook("sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.can_run_graph",
          "AROUND", "sgl_layered.adapter.cli:no_graph_during_layered_pass", SCHEDULER,
          "iterations carrying a layered pass run eager (a graph replay would skip the spliced rows); "
@@ -68,6 +68,11 @@ HOOKS: tuple = (
            "SGLang's CPU engine only (a GPU launch keeps the kernel)", only_on_cpu_engine=True)
       for name, impl in (("fused_gate_sigmoid_mul", "gate_sigmoid_mul"),
                          ("fused_gate_sigmoid_mul_add", "gate_sigmoid_mul_add"))),
+    Hook("sglang.srt.models.deepseek_common.attention_backend_handler.AttentionBackendRegistry.get_handler",
+         "AROUND", "sgl_layered.adapter.cpu_ops:mla_method_for_torch_native", SCHEDULER,
+         "DeepSeek-V2/V3's MLA attention cannot prefill with torch_native (SGLang dispatches it to an MHA path whose "
+         "k/v torch_native ignores): the absorbed MLA path for all forward modes, in SGLang's CPU engine only",
+         only_on_cpu_engine=True),
 )
 
 
@@ -77,6 +82,7 @@ CALLED: tuple = (
     "sglang.srt.model_executor.model_runner.ModelRunner._get_attention_backend",
     "sglang.srt.model_executor.model_runner.ModelRunner._prepare_eager_forward_batch",
     "sglang.srt.model_executor.model_runner.ModelRunner.sample",
+    "sglang.srt.models.deepseek_common.attention_backend_handler._dispatch_mla_subtype",
     "sglang.srt.managers.scheduler.Scheduler._relay_forward_payload",
     "sglang.srt.managers.scheduler.Scheduler._copy_auxiliary_output_to_cpu",
     "sglang.srt.managers.scheduler.Scheduler.update_running_batch",

@@ -77,6 +77,8 @@ def hf_config(p: ModelPreset, eos_id: int) -> dict:
         return {**common, **qwen_moe, "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe",
                 "shared_expert_intermediate_size": p.shared_expert_intermediate,
                 "intermediate_size": p.shared_expert_intermediate, "norm_topk_prob": False}
+    if p.architecture in ("deepseek_v2", "deepseek_v3"):
+        return _deepseek_config(p, common)
     if p.architecture == "llama":
         return {**common, "architectures": ["LlamaForCausalLM"], "model_type": "llama",
                 "intermediate_size": p.expert_intermediate, "attention_bias": False}
@@ -84,6 +86,65 @@ def hf_config(p: ModelPreset, eos_id: int) -> dict:
         return {**common, "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
                 "intermediate_size": p.expert_intermediate, "attention_bias": False, "use_sliding_window": False}
     raise ValueError(f"no builder for architecture {p.architecture!r}")
+
+
+def _deepseek_config(p: ModelPreset, common: dict) -> dict:
+    """DeepSeek-V2/V3's config: MLA ranks, dense first layers, routed + shared experts, yarn rope scaling.
+    V3 adds its noaux_tc router (sigmoid scores, a score-correction bias, grouped top-k)."""
+    x = p.extra
+    config = {k: v for k, v in common.items() if k != "head_dim"}  # MLA head sizes are given per part
+    config.update({
+        "q_lora_rank": x.get("q_lora_rank"), "kv_lora_rank": x["kv_lora_rank"],
+        "qk_nope_head_dim": x["qk_nope_head_dim"], "qk_rope_head_dim": p.head_dim, "v_head_dim": x["v_head_dim"],
+        "intermediate_size": x["dense_intermediate"], "first_k_dense_replace": x["first_k_dense_replace"],
+        "moe_layer_freq": 1, "n_routed_experts": p.num_experts, "moe_intermediate_size": p.expert_intermediate,
+        "n_shared_experts": p.shared_expert_intermediate // p.expert_intermediate,
+        "aux_loss_alpha": 0.001, "seq_aux": True,
+        # DeepSeek-V2-Lite's yarn settings; SGLang 0.5.23's CPU rotary path for MLA needs a rope_scaling.
+        "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": p.max_positions // 4,
+                         "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
+    })
+    if p.architecture == "deepseek_v3":
+        return {**config, "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+                "routed_scaling_factor": 2.5, "topk_method": "noaux_tc", "scoring_func": "sigmoid",
+                "n_group": x["n_group"], "topk_group": x["topk_group"], "norm_topk_prob": True}
+    return {**config, "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
+            "routed_scaling_factor": 1.0, "topk_method": "greedy", "n_group": 1, "topk_group": 1,
+            "scoring_func": "softmax", "norm_topk_prob": False}
+
+
+def _deepseek_weights(p: ModelPreset):
+    x = p.extra
+    h, heads, rope = p.hidden, p.heads, p.head_dim
+    nope, v, rank = x["qk_nope_head_dim"], x["v_head_dim"], x["kv_lora_rank"]
+    q_rank = x.get("q_lora_rank")
+    yield "model.embed_tokens.weight", (p.vocab_size, h), "embed"
+    for i in range(p.num_layers):
+        pre = f"model.layers.{i}."
+        yield pre + "input_layernorm.weight", (h,), "norm"
+        yield pre + "post_attention_layernorm.weight", (h,), "norm"
+        attn = pre + "self_attn."
+        if q_rank is None:
+            yield attn + "q_proj.weight", (heads * (nope + rope), h), "linear"
+        else:  # q through a low-rank bottleneck, normed in between
+            yield attn + "q_a_proj.weight", (q_rank, h), "linear"
+            yield attn + "q_a_layernorm.weight", (q_rank,), "norm"
+            yield attn + "q_b_proj.weight", (heads * (nope + rope), q_rank), "linear"
+        yield attn + "kv_a_proj_with_mqa.weight", (rank + rope, h), "linear"
+        yield attn + "kv_a_layernorm.weight", (rank,), "norm"
+        yield attn + "kv_b_proj.weight", (heads * (nope + v), rank), "linear"
+        yield attn + "o_proj.weight", (h, heads * v), "linear"
+        if i < x["first_k_dense_replace"]:
+            yield from _dense_mlp(pre + "mlp.", h, x["dense_intermediate"])
+            continue
+        yield pre + "mlp.gate.weight", (p.num_experts, h), "router"
+        if p.architecture == "deepseek_v3":
+            yield pre + "mlp.gate.e_score_correction_bias", (p.num_experts,), "bias"
+        for e in range(p.num_experts):
+            yield from _dense_mlp(pre + f"mlp.experts.{e}.", h, p.expert_intermediate)
+        yield from _dense_mlp(pre + "mlp.shared_experts.", h, p.shared_expert_intermediate)
+    yield "model.norm.weight", (h,), "norm"
+    yield "lm_head.weight", (p.vocab_size, h), "linear"
 
 
 def _dense_mlp(pre: str, hidden: int, width: int):
@@ -94,6 +155,9 @@ def _dense_mlp(pre: str, hidden: int, width: int):
 
 def _weight_names(p: ModelPreset):
     """(name, shape, kind) for every tensor, in the checkpoint layout the hub's models use."""
+    if p.architecture in ("deepseek_v2", "deepseek_v3"):
+        yield from _deepseek_weights(p)
+        return
     h, q, kv = p.hidden, p.heads * p.head_dim, p.kv_heads * p.head_dim
     yield "model.embed_tokens.weight", (p.vocab_size, h), "embed"
     for i in range(p.num_layers):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class ModelPreset:
     name: str
-    architecture: str  # "qwen3_moe" | "mixtral" | "qwen2_moe" | dense: "llama" | "qwen3"
+    architecture: str  # "qwen3_moe" | "mixtral" | "qwen2_moe" | "deepseek_v2" | dense: "llama" | "qwen3"
     num_layers: int
     hidden: int
     heads: int
@@ -23,7 +23,7 @@ class ModelPreset:
     num_experts: int  # 0: a dense model (expert_intermediate is then its MLP width)
     top_k: int
     expert_intermediate: int
-    shared_expert_intermediate: int = 0  # qwen2_moe: the gated shared expert's width
+    shared_expert_intermediate: int = 0  # qwen2_moe: the gated shared expert's width; deepseek_v2: the shared expert's
     vocab_size: int = 2048
     max_positions: int = 16384
     seed: int = 0
@@ -46,6 +46,20 @@ PRESETS: dict[str, ModelPreset] = {
                     head_dim=16, num_experts=8, top_k=2, expert_intermediate=64),
         ModelPreset("tiny-qwen2-moe", "qwen2_moe", num_layers=5, hidden=64, heads=4, kv_heads=2,
                     head_dim=16, num_experts=8, top_k=2, expert_intermediate=64, shared_expert_intermediate=128),
+        # DeepSeek-V2 layout: MLA attention (latent KV, no q LoRA), a dense first layer, then routed experts plus
+        # one ungated shared expert. head_dim is the rope part of each head; `extra` holds the MLA ranks and the
+        # dense layer's width. 4 layers: 3 groups split them 2/1/1, so the dense layer shares a group with an
+        # MoE layer. The yarn rope_scaling is what DeepSeek-V2-Lite ships (and SGLang's CPU rotary requires).
+        ModelPreset("tiny-deepseek-v2", "deepseek_v2", num_layers=4, hidden=64, heads=4, kv_heads=4,
+                    head_dim=8, num_experts=8, top_k=2, expert_intermediate=32, shared_expert_intermediate=32,
+                    extra={"kv_lora_rank": 32, "qk_nope_head_dim": 16, "v_head_dim": 16, "dense_intermediate": 128,
+                           "first_k_dense_replace": 1}),
+        # DeepSeek-V3 layout: the same MLA layer with a q LoRA, and the noaux_tc router (sigmoid scores plus a
+        # score-correction bias, top-2 of 4 expert groups).
+        ModelPreset("tiny-deepseek-v3", "deepseek_v3", num_layers=4, hidden=64, heads=4, kv_heads=4,
+                    head_dim=8, num_experts=8, top_k=2, expert_intermediate=32, shared_expert_intermediate=32,
+                    extra={"kv_lora_rank": 32, "q_lora_rank": 48, "qk_nope_head_dim": 16, "v_head_dim": 16,
+                           "dense_intermediate": 128, "first_k_dense_replace": 1, "n_group": 4, "topk_group": 2}),
         # Dense models: layered prefill runs them too, and gains nothing there (no experts to re-stream).
         ModelPreset("tiny-llama", "llama", num_layers=5, hidden=64, heads=4, kv_heads=2,
                     head_dim=16, num_experts=0, top_k=0, expert_intermediate=128),
