@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/ablation.py            # default sweep (CPU, bench-size model, ~20 min)
     .venv/bin/python benchmarks/ablation.py --quick    # CI smoke run (tiny model, a minute or two)
     .venv/bin/python benchmarks/ablation.py --dense    # the same comparison on a dense model (bench-qwen3)
+    .venv/bin/python benchmarks/ablation.py --policies --modes layered-auto,layered-ours --repeat 3
+                                                       # paired repetitions, new seeds each, medians reported
 
 For each routing (the model's own, and the calibrated one) and mode (SGLang default, chunked + mixed at 512
 and 2048, layered auto, layered with fixed G), one SGLang server serves every workload (ShareGPT-like and
@@ -197,6 +199,39 @@ def run(plan: Plan, out_dir: str) -> dict:
     return report
 
 
+def repeated(plan: Plan, out_dir: str, times: int) -> None:
+    """The plan `times` over, seeds plan.seed + 100 * i (the same for every mode within a repetition): TTFT p50 and
+    token-gap p99 per repetition, their medians, and each mode's paired ratio to the plan's first mode."""
+    from statistics import median
+
+    per = {}  # (routing, mode, workload, rate) -> [(ttft p50, gap p99)]
+    for i in range(times):
+        plan_i = Plan(**{**asdict(plan), "seed": plan.seed + 100 * i})
+        for r in run(plan_i, os.path.join(out_dir, f"rep{i}"))["runs"]:
+            per.setdefault((r["routing"], r["mode"], r["workload"], r["rate"]), []).append(
+                (r["latency"]["ttft_p50_s"], r["latency"]["tbt_p99_s"]))
+    first = next(iter(plan.routings.values()))[0]
+    summary = []
+    for (routing, mode, wname, rate), values in per.items():
+        base = per.get((routing, first, wname, rate))
+        ratios = [(a[0] / b[0], a[1] / b[1]) for a, b in zip(values, base)] if base else []
+        summary.append({"routing": routing, "mode": mode, "workload": wname, "rate": rate,
+                        "ttft_p50_s": [v[0] for v in values], "tbt_p99_s": [v[1] for v in values],
+                        "median_ttft_p50_s": median(v[0] for v in values),
+                        "median_tbt_p99_s": median(v[1] for v in values),
+                        f"ratio_to_{first}_ttft_p50": [r[0] for r in ratios],
+                        f"ratio_to_{first}_tbt_p99": [r[1] for r in ratios]})
+    with open(os.path.join(out_dir, "repeats.json"), "w") as f:
+        json.dump({"plan": asdict(plan), "repetitions": times, "commit": _git_commit(), "summary": summary}, f,
+                  indent=1)
+    for s in summary:
+        ratio = s[f"ratio_to_{first}_ttft_p50"]
+        print(f"{s['mode']:24s} {s['workload']:13s} rate {s['rate']:<4} TTFT p50 "
+              f"{' '.join(f'{v:.2f}' for v in s['ttft_p50_s'])} (median {s['median_ttft_p50_s']:.2f} s)  gap p99 "
+              f"{' '.join(f'{v:.3f}' for v in s['tbt_p99_s'])} (median {s['median_tbt_p99_s']:.3f} s)  "
+              f"TTFT ratio to {first}: {' '.join(f'{v:.2f}' for v in ratio)}")
+
+
 def write_csv(report: dict, path: str) -> None:
     rows = []
     for r in report["runs"]:
@@ -226,13 +261,27 @@ def main() -> None:
     ap.add_argument("--dense", action="store_true", help="layered vs chunked on a dense model (bench-qwen3)")
     ap.add_argument("--out", default=None, help="output directory (default benchmarks/results/<quick|default>)")
     ap.add_argument("--requests", type=int, default=None, help="requests per run")
+    ap.add_argument("--modes", default=None, help="comma-separated subset of the plan's modes")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the plan this many times, each with new seeds (every mode sees the same ones), and "
+                         "report per-repetition values, medians and paired ratios against the first mode")
     args = ap.parse_args()
     cpu.apply_env()
     name = "quick" if args.quick else "policies" if args.policies else "dense" if args.dense else "default"
     plan = {"quick": quick_plan, "policies": policy_plan, "dense": dense_plan, "default": default_plan}[name]()
     if args.requests:
         plan.requests = args.requests
+    if args.modes:
+        keep = args.modes.split(",")
+        unknown = set(keep) - {m for modes in plan.routings.values() for m in modes}
+        if unknown:
+            ap.error(f"--modes: not in the {name} plan: {sorted(unknown)}")
+        plan.routings = {r: [m for m in keep if m in modes] for r, modes in plan.routings.items()}
+        plan.sweep_rates_for = [m for m in plan.sweep_rates_for if m in keep]
     out = args.out or os.path.join(HERE, "results", name)
+    if args.repeat > 1:
+        repeated(plan, out, args.repeat)
+        return
     report = run(plan, out)
     print(f"\nwrote {out}/results.json, results.csv and plots ({report['wall_time_s'] / 60:.1f} min)")
     for r in report["runs"]:

@@ -83,3 +83,24 @@ def test_hybrid_in_the_simulator_allocates_per_chunk():
     pieces = [p for _, _, ps, _ in sim.log for p in ps]
     assert max(tokens for _, _, tokens in pieces) <= 1024
     assert len({cid for cid, _, _ in pieces}) >= 5
+
+
+def test_layers_split_by_cost_where_they_differ():
+    """(a) DeepSeek-V2-Lite: its dense first layer costs a fraction of an MoE layer for a 512-token pass; the policy
+    given the roofline model's per-layer costs splits by cost (a different split, never a heavier heaviest group);
+    on a model whose layers are alike it keeps the split by count."""
+    lite = CostModel(MODELS["DeepSeek-V2-Lite"], H100, tp=1, alpha=1.3)
+    costs = lite.layer_costs(512)
+    n = len(costs)
+    policy = AdaptivePolicy(layer_costs=costs)
+    groups = policy.partition(6 * 512, n, SchedulerView(n, 8, 1))
+    by_count = AdaptivePolicy().partition(6 * 512, n, SchedulerView(n, 8, 1))
+    assert len(groups) == len(by_count) > 1 and groups != by_count
+    assert [i for lo, hi in groups for i in range(lo, hi)] == list(range(n))
+
+    def heaviest(ranges):  # the iteration a decode token waits longest for
+        return max(sum(costs[lo:hi]) for lo, hi in ranges)
+    assert heaviest(groups) <= heaviest(by_count)
+    alike = MOE.layer_costs(512)
+    assert AdaptivePolicy(layer_costs=alike).partition(3000, len(alike)) == \
+        AdaptivePolicy().partition(3000, len(alike))

@@ -7,7 +7,6 @@ import logging
 from typing import Optional
 
 from sgl_layered.core.config import LayeredConfig
-from sgl_layered.core.execution import IterationCost
 from sgl_layered.sim.cost import CostModel
 from sgl_layered.sim.hardware import ITERATION_OVERHEAD_S, PROFILES
 from sgl_layered.sim.shapes import ModelShape
@@ -58,9 +57,10 @@ def profile_name(config: LayeredConfig, on_cpu: bool, device_name: str) -> Optio
     return None
 
 
-def iteration_cost(config: LayeredConfig, hf_config, dtype_bytes: int, tp_size: int, on_cpu: bool,
-                   device_name: str) -> Optional[IterationCost]:
-    """The predictor, or None (logged) when the policy does not choose or no profile fits this device."""
+def cost_model(config: LayeredConfig, hf_config, dtype_bytes: int, tp_size: int, on_cpu: bool,
+               device_name: str) -> Optional[CostModel]:
+    """The roofline model (its `seconds` is the policy's IterationCost predictor, its `layer_costs` the per-layer
+    split), or None (logged) when the policy does not choose or no profile fits this device."""
     if config.layered_prefill_policy != "adaptive" or "choose" not in config.switches:
         return None
     name = profile_name(config, on_cpu, device_name)
@@ -74,4 +74,4 @@ def iteration_cost(config: LayeredConfig, hf_config, dtype_bytes: int, tp_size: 
     model = CostModel(model_shape(hf_config, dtype_bytes), PROFILES[name], tp=tp_size, alpha=alpha,
                       overhead_s=ITERATION_OVERHEAD_S.get(name, GPU_ITERATION_OVERHEAD_S))
     logger.info("layered prefill: per-cohort layered/chunked choice with cost profile %s", name)
-    return model.seconds
+    return model

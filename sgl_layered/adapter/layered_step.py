@@ -46,7 +46,7 @@ class LayeredResult:
     finished: List[Tuple[Cohort, GenerationBatchResult]] = field(default_factory=list)  # cohorts that sampled
 
 
-def make_policy(config: LayeredConfig, hidden_size: int, dtype_bytes: int, iteration_cost=None):
+def make_policy(config: LayeredConfig, hidden_size: int, dtype_bytes: int, iteration_cost=None, layer_costs=None):
     if config.layered_prefill_policy == "paper":
         return PaperPolicy(groups=config.fixed_groups, tokens_per_group=config.layered_prefill_group_tokens)
     on = set(config.switches)
@@ -57,7 +57,7 @@ def make_policy(config: LayeredConfig, hidden_size: int, dtype_bytes: int, itera
         tokens_per_group=config.layered_prefill_group_tokens,
         stash_budget_bytes=config.layered_prefill_stash_budget_mb * 2 ** 20,
         stash_bytes_per_token=2 * hidden_size * dtype_bytes,  # hidden + residual per prompt row
-        iteration_cost=iteration_cost)
+        iteration_cost=iteration_cost, layer_costs=layer_costs)
 
 
 class LayeredRuntime:
@@ -69,10 +69,12 @@ class LayeredRuntime:
         config.check_layers(self.num_layers)
         dtype_bytes = self.model_runner.dtype.itemsize
         on_cpu = str(self.model_runner.device).startswith("cpu")
-        predictor = cost_profile.iteration_cost(
+        model = cost_profile.cost_model(
             config, model_config.hf_config, dtype_bytes, int(scheduler.server_args.tp_size), on_cpu,
             "cpu" if on_cpu else torch.cuda.get_device_name())
-        self.policy = make_policy(config, int(model_config.hidden_size), dtype_bytes, predictor)
+        self.policy = make_policy(config, int(model_config.hidden_size), dtype_bytes,
+                                  model.seconds if model is not None else None,
+                                  model.layer_costs(config.layered_prefill_group_tokens) if model is not None else None)
         self.hybrid_chunk_tokens = config.layered_prefill_chunk_tokens
         self._chunk_lent: Optional[int] = None  # the chunk size SGLang's chunked request was admitted with
         self.cohorts: List[Cohort] = []

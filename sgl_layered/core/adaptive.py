@@ -134,7 +134,10 @@ class AdaptivePolicy:
         self.max_cohorts = max_cohorts if switches.pipeline else 1
         self.stash_budget_bytes = stash_budget_bytes if switches.stash else None
         self.stash_bytes_per_token = stash_bytes_per_token
-        self.layer_costs = list(layer_costs) if layer_costs else None
+        # Split by cost only where layers differ (dense first layers, shared experts): with equal costs the split by
+        # count keeps the extra layers in early groups, so the sampling (last) iteration is never the heaviest.
+        uneven = layer_costs and max(layer_costs) > 1.05 * min(layer_costs)
+        self.layer_costs = list(layer_costs) if uneven else None
         self.model = model or OnlineCostModel()
         self.min_piece_tokens = min_piece_tokens
         self.iteration_cost = iteration_cost if switches.choose else None

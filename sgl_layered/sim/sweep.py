@@ -39,7 +39,8 @@ def policy_factory(mode: str, sc: Scenario, switches: Optional[Switches] = None,
             switches = Switches(choose=False)
         # Aim iterations a little under the token-gap SLO so queueing noise stays inside it.
         return lambda: AdaptivePolicy(tbt_target_s=0.8 * sc.tbt_slo_s, switches=switches or Switches(),
-                                      iteration_cost=cost.seconds if cost is not None else None)
+                                      iteration_cost=cost.seconds if cost is not None else None,
+                                      layer_costs=cost.layer_costs(512) if cost is not None else None)
     raise ValueError(mode)
 
 
