@@ -262,6 +262,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="output directory (default benchmarks/results/<quick|default>)")
     ap.add_argument("--requests", type=int, default=None, help="requests per run")
     ap.add_argument("--modes", default=None, help="comma-separated subset of the plan's modes")
+    ap.add_argument("--seed", type=int, default=None, help="base seed of lengths, prompts and arrivals")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run the plan this many times, each with new seeds (every mode sees the same ones), and "
                          "report per-repetition values, medians and paired ratios against the first mode")
@@ -271,6 +272,8 @@ def main() -> None:
     plan = {"quick": quick_plan, "policies": policy_plan, "dense": dense_plan, "default": default_plan}[name]()
     if args.requests:
         plan.requests = args.requests
+    if args.seed is not None:
+        plan.seed = args.seed
     if args.modes:
         keep = args.modes.split(",")
         unknown = set(keep) - {m for modes in plan.routings.values() for m in modes}
