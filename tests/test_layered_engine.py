@@ -8,7 +8,7 @@ from sgl_layered import cpu
 from sgl_layered.core.partition import paper_group_count
 from sgl_layered.models import get_preset
 from trace_checks import check_layered_schedule, read
-from workload import PREFIX_SHARING, drain, prompts, run_staggered
+from workload import EAGER_JOIN, PREFIX_SHARING, drain, prompts, run_staggered
 
 MODELS = ["tiny-qwen3-moe", "tiny-mixtral"]
 
@@ -102,7 +102,7 @@ def test_adaptive_policy_pipelines_cohorts_exactly(model, model_path, tmp_path):
     for mode in ("stock", "adaptive"):
         kw = {} if mode == "stock" else dict(
             enable_layered_prefill=True, layered_prefill_policy="adaptive", layered_prefill_group_tokens=280,
-            layered_prefill_trace=trace)
+            layered_prefill_trace=trace, layered_prefill_switches=EAGER_JOIN)
         engine = sgl_layered.Engine(model_path=model_path(model), **kw, **cpu.engine_kwargs())
         try:
             outputs[mode] = _pipelining_run(engine, a, b, cs, trace if mode == "adaptive" else None)

@@ -16,8 +16,8 @@ COST = CostModel(MODELS["Qwen3-30B-A3B"], H100, tp=2, alpha=1.3, overhead_s=0.00
 DENSE = CostModel(MODELS["Qwen3-8B"], H100, tp=1, overhead_s=0.002)  # where chunked execution gets chosen
 
 requests = st.lists(st.tuples(st.floats(0.0, 0.3), st.integers(1, 6000), st.integers(1, 40)), min_size=1, max_size=25)
-policies = st.sampled_from(["paper", "paper-G3", "adaptive", "adaptive-target", "adaptive-no-pipeline",
-                            "paper-hybrid-700", "adaptive-choose-moe", "adaptive-choose-dense"])
+policies = st.sampled_from(["paper", "paper-G3", "adaptive", "adaptive-eager-join", "adaptive-target",
+                            "adaptive-no-pipeline",                            "paper-hybrid-700", "adaptive-choose-moe", "adaptive-choose-dense"])
 
 
 def make(policy):
@@ -26,6 +26,7 @@ def make(policy):
         "paper": lambda: (PaperPolicy(), COST, None),
         "paper-G3": lambda: (PaperPolicy(groups=3), COST, None),
         "adaptive": lambda: (AdaptivePolicy(), COST, None),
+        "adaptive-eager-join": lambda: (AdaptivePolicy(switches=Switches(eager_join=True)), COST, None),
         "adaptive-target": lambda: (AdaptivePolicy(tbt_target_s=0.05), COST, None),
         "adaptive-no-pipeline": lambda: (AdaptivePolicy(switches=Switches(pipeline=False)), COST, None),
         "paper-hybrid-700": lambda: (PaperPolicy(), COST, 700),
@@ -59,7 +60,7 @@ def test_layered_schedule_invariants(reqs, policy):
             cohort_tokens[cid] = tokens
             if hybrid_chunk:
                 assert tokens <= hybrid_chunk, "a hybrid cohort carries at most one chunk"
-        if policy == "adaptive" and len(pieces) > 1:
+        if policy in ("adaptive", "adaptive-eager-join") and len(pieces) > 1:
             # A pipelined cohort is only admitted within the iteration's prefill budget (the paper's work).
             assert sum(tok * (lay[1] - lay[0]) for _, lay, tok in pieces) <= budget
     for cid, steps in by_cohort.items():
@@ -77,3 +78,26 @@ def test_split_by_cost_balances_dense_first_layer():
     assert [i for lo, hi in ranges for i in range(lo, hi)] == list(range(12))
     assert [sum(costs[lo:hi]) for lo, hi in ranges] == [5.0, 5.0, 5.0]  # by count it would be 7, 4, 4
     assert ranges[0] == (0, 2)
+
+
+def _view_beside(cohort_next_group, head, waiting_tokens):
+    """An 8-layer model, two requests decoding, one 1700-token cohort in four 2-layer groups in flight."""
+    from sgl_layered.core.policy import CohortState, SchedulerView
+    a = CohortState(0, 1700, ((0, 2), (2, 4), (4, 6), (6, 8)), cohort_next_group)
+    return SchedulerView(8, 2, 2, (a,), head_waiting_tokens=head, waiting_tokens=waiting_tokens, decode_context=400)
+
+
+def test_short_prompt_waits_instead_of_joining_a_longer_partition():
+    """A 54-token prompt fits beside A's last group, but joining would take it through A's four groups; waiting,
+    it runs whole right after A: first token after 1 + 1 iterations instead of 4. eager_join joins anyway."""
+    view = _view_beside(3, 54, 54)
+    assert AdaptivePolicy().admission_token_cap(view) >= 54  # the budget is not what holds it back
+    assert not AdaptivePolicy().may_admit(view)
+    assert AdaptivePolicy(switches=Switches(eager_join=True)).may_admit(view)
+
+
+def test_prompt_joins_when_waiting_would_finish_later():
+    """Behind A's second group with 2000 tokens queued: waiting means 3 more iterations of A, then the queue's own
+    4 groups (7); joining now gives the head its first token after A's 4."""
+    assert AdaptivePolicy().may_admit(_view_beside(1, 300, 2000))
+    assert not AdaptivePolicy().may_admit(_view_beside(1, 300, 300))  # alone it would need 3 + 1: a tie waits

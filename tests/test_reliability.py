@@ -15,7 +15,7 @@ import sgl_layered
 from sgl_layered import cpu
 from sgl_layered.models import get_preset
 from trace_checks import read
-from workload import drain
+from workload import EAGER_JOIN, drain
 
 MODEL = "tiny-qwen3-moe"
 LAYERS = get_preset(MODEL).num_layers
@@ -177,6 +177,7 @@ def test_cohort_mid_layers_is_invisible_to_radix_cache(model_path, tmp_path, str
     trace = tmp_path / "trace.jsonl"
     engine = sgl_layered.Engine(model_path=model_path(MODEL), enable_layered_prefill=True,
                                 layered_prefill_policy="adaptive", layered_prefill_group_tokens=280,
+                                layered_prefill_switches=EAGER_JOIN,
                                 layered_prefill_trace=str(trace), **cpu.engine_kwargs())
 
     def a_passes():

@@ -9,6 +9,10 @@ import random
 PROMPT_LENGTHS = [1, 2, 7, 31, 64, 97, 128, 255, 301, 511, 513, 700, 777, 1001, 1024, 1199, 1300, 1499]
 MAX_NEW_TOKENS = 24
 LOGPROB_PROMPT = list(range(100, 400))  # 300 tokens: several layer groups under any setting
+# The adaptive policy's default switches plus eager_join: the pipelining tests send a short prompt B beside a
+# long cohort A; by default B would wait for A (joining A's long partition gives B its first token later), and
+# those tests are about the fused pass running two cohorts at once.
+EAGER_JOIN = "adaptive,pipeline,stash,choose,eager_join"
 
 
 # Two more prompts reuse earlier ones as prefixes, so the radix cache shortens their layered prefill.

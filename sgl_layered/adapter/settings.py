@@ -45,7 +45,8 @@ _HELP = {
     "layered_prefill_tbt_target_ms": "Adaptive policy: keep each iteration's predicted time within this many ms "
                                      "(cost model fitted online). Unset: the paper's per-iteration prefill work.",
     "layered_prefill_switches": "Adaptive policy improvements to enable, comma-separated: "
-                                "adaptive,pipeline,idle_whole,stash,choose.",
+                                "adaptive,pipeline,idle_whole,stash,choose,eager_join (eager_join: pipelined "
+                                "cohorts join even when waiting would give them their first token sooner).",
     "layered_prefill_cost_profile": "Adaptive policy, 'choose' switch: hardware profile of the roofline cost model "
                                     "that picks layered or chunked execution per cohort ('auto': by device).",
     "layered_prefill_stash_budget_mb": "Adaptive policy: memory budget (MB) for in-flight cohorts' activations.",

@@ -11,7 +11,7 @@ from typing import Optional, Union
 ENV_VAR = "SGLANG_LAYERED_CONFIG"
 ROUTINGS = ("model", "calibrated", "forced-rows")
 POLICIES = ("paper", "adaptive")
-SWITCHES = ("adaptive", "pipeline", "idle_whole", "stash", "choose")
+SWITCHES = ("adaptive", "pipeline", "idle_whole", "stash", "choose", "eager_join")
 # Hardware profiles of the roofline cost model (sgl_layered/sim/hardware.py) the adaptive policy may predict with;
 # "auto" picks by device (CPU engine, H100, H200), "none" predicts nothing (the "choose" switch then does nothing).
 COST_PROFILES = ("auto", "none", "CPU-calibrated", "H100-SXM", "H200-SXM", "H200-measured")
@@ -40,7 +40,8 @@ class LayeredConfig:
     # Adaptive policy: keep each iteration's predicted time within this target (ms), from a cost model fitted
     # online to measured iteration times. Unset: each iteration carries the paper's per-iteration prefill work.
     layered_prefill_tbt_target_ms: Optional[float] = None
-    # Adaptive policy improvements to enable (comma-separated subset of adaptive,pipeline,idle_whole,stash,choose).
+    # Adaptive policy improvements to enable (comma-separated subset of adaptive,pipeline,idle_whole,stash,choose,
+    # eager_join).
     # idle_whole is off by default: measured on the CPU engine, whole-prompt passes while nothing decodes block
     # admission of new arrivals and grow the next cohorts (benchmarks/README.md).
     layered_prefill_switches: str = "adaptive,pipeline,stash,choose"
