@@ -43,6 +43,9 @@ MODES: Dict[str, List[str]] = {
     # Our policy (sgl_layered/core/adaptive.py): paper-equivalent per-iteration budget, pipelined cohorts,
     # whole pass when nothing decodes, activation-stash budget.
     "layered-ours": ["--enable-layered-prefill", "--layered-prefill-policy", "adaptive"],
+    # Our policy with a new cohort joining the pipeline whenever the budget allows (the first version's behaviour).
+    "layered-ours-eager": ["--enable-layered-prefill", "--layered-prefill-policy", "adaptive",
+                           "--layered-prefill-switches", "adaptive,pipeline,stash,choose,eager_join"],
     "layered-ours+idle": ["--enable-layered-prefill", "--layered-prefill-policy", "adaptive",
                           "--layered-prefill-switches", "adaptive,pipeline,stash,choose,idle_whole"],
     # Our policy deciding as it would on an H100 (the roofline model with that profile), executed on this CPU:
@@ -93,13 +96,15 @@ def quick_plan() -> Plan:
         max_total_tokens=32768, quick=True)
 
 
+POLICY_MODES = ["layered-auto", "layered-ours", "layered-ours-eager", "layered-auto+hybrid-1024"]
+
+
 def policy_plan() -> Plan:
     """Issue 4's comparison on the real CPU engine: the paper's rule vs our policy, same workload, one run."""
     return Plan(
-        model="bench-qwen3-moe", routings={"model": ["layered-auto", "layered-ours", "layered-auto+hybrid-1024"]},
+        model="bench-qwen3-moe", routings={"model": POLICY_MODES},
         rates={"sharegpt-like": [1.2], "arxiv-like": [0.6]}, requests=32, prompt_scale=1 / 8, output_scale=1 / 16,
-        slo={"sharegpt-like": [6.0, 1.0], "arxiv-like": [15.0, 1.0]},
-        sweep_rates_for=["layered-auto", "layered-ours", "layered-auto+hybrid-1024"])
+        slo={"sharegpt-like": [6.0, 1.0], "arxiv-like": [15.0, 1.0]}, sweep_rates_for=POLICY_MODES)
 
 
 def dense_plan() -> Plan:
