@@ -101,3 +101,20 @@ def test_prompt_joins_when_waiting_would_finish_later():
     4 groups (7); joining now gives the head its first token after A's 4."""
     assert AdaptivePolicy().may_admit(_view_beside(1, 300, 2000))
     assert not AdaptivePolicy().may_admit(_view_beside(1, 300, 300))  # alone it would need 3 + 1: a tie waits
+
+
+@given(tokens=st.integers(1, 512 * 8), layers=st.integers(1, 94))
+def test_adaptive_groups_stay_within_the_budget_and_are_fewest(tokens, layers):
+    """No pass of a cohort that fits the budget carries more than the paper's per-iteration work (512 tokens through
+    every layer), and one group fewer would overrun it."""
+    from sgl_layered.core.partition import split_layers
+    from sgl_layered.core.policy import SchedulerView
+    budget = 512 * layers
+    if tokens > budget:
+        return
+    groups = AdaptivePolicy().partition(tokens, layers, SchedulerView(layers, 2, 1))
+    assert [i for lo, hi in groups for i in range(lo, hi)] == list(range(layers))
+    assert max(hi - lo for lo, hi in groups) * tokens <= budget
+    if len(groups) > 1:
+        fewer = split_layers(layers, len(groups) - 1)
+        assert max(hi - lo for lo, hi in fewer) * tokens > budget
