@@ -206,12 +206,15 @@ def run(plan: Plan, out_dir: str) -> dict:
 
 def repeated(plan: Plan, out_dir: str, times: int) -> None:
     """The plan `times` over, seeds plan.seed + 100 * i (the same for every mode within a repetition): TTFT p50 and
-    token-gap p99 per repetition, their medians, and each mode's paired ratio to the plan's first mode."""
+    token-gap p99 per repetition, their medians, and each mode's paired ratio to the plan's first mode. Odd
+    repetitions run the modes in reverse order, so a machine that drifts within a repetition favours no mode."""
     from statistics import median
 
     per = {}  # (routing, mode, workload, rate) -> [(ttft p50, gap p99)]
     for i in range(times):
         plan_i = Plan(**{**asdict(plan), "seed": plan.seed + 100 * i})
+        if i % 2:
+            plan_i.routings = {r: modes[::-1] for r, modes in plan_i.routings.items()}
         for r in run(plan_i, os.path.join(out_dir, f"rep{i}"))["runs"]:
             per.setdefault((r["routing"], r["mode"], r["workload"], r["rate"]), []).append(
                 (r["latency"]["ttft_p50_s"], r["latency"]["tbt_p99_s"]))
@@ -268,6 +271,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=None, help="requests per run")
     ap.add_argument("--modes", default=None, help="comma-separated subset of the plan's modes")
     ap.add_argument("--seed", type=int, default=None, help="base seed of lengths, prompts and arrivals")
+    ap.add_argument("--rate-scale", type=float, default=None, help="multiply every request rate of the plan")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run the plan this many times, each with new seeds (every mode sees the same ones), and "
                          "report per-repetition values, medians and paired ratios against the first mode")
@@ -279,6 +283,8 @@ def main() -> None:
         plan.requests = args.requests
     if args.seed is not None:
         plan.seed = args.seed
+    if args.rate_scale:
+        plan.rates = {w: [round(r * args.rate_scale, 3) for r in rates] for w, rates in plan.rates.items()}
     if args.modes:
         keep = args.modes.split(",")
         unknown = set(keep) - {m for modes in plan.routings.values() for m in modes}
