@@ -15,15 +15,14 @@ the budget allows, the first version). Prints and writes cpu_policies.json / .md
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from sgl_layered.analysis import workloads  # noqa: E402
+from sim_report import DEFAULT_OUT, run_and_save  # noqa: E402
 from sgl_layered.core.adaptive import AdaptivePolicy, Switches  # noqa: E402
 from sgl_layered.core.policy import PaperPolicy  # noqa: E402
 from sgl_layered.sim.cost import CostModel  # noqa: E402
@@ -90,19 +89,9 @@ def table(report: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=20)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sim"))
+    ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args()
-    t0 = time.time()
-    report = run(args.seeds)
-    report["wall_time_s"] = time.time() - t0
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "cpu_policies.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    text = table(report)
-    with open(os.path.join(args.out, "cpu_policies.md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
-    print(f"\n{report['wall_time_s']:.0f} s; wrote {args.out}/cpu_policies.json and .md")
+    run_and_save(args.out, "cpu_policies", lambda: run(args.seeds), table)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ routing; same seeded requests for every mode. Prints and writes a markdown table
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from sgl_layered.analysis import workloads  # noqa: E402
+from sim_report import DEFAULT_OUT, run_and_save  # noqa: E402
 from sgl_layered.sim.cost import CostModel  # noqa: E402
 from sgl_layered.sim.hardware import H100  # noqa: E402
 from sgl_layered.sim.shapes import MODELS  # noqa: E402
@@ -74,19 +73,9 @@ def table(report: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=1000)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sim"))
+    ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args()
-    t0 = time.time()
-    report = run(args.requests)
-    report["wall_s"] = time.time() - t0
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "hybrid.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    text = table(report)
-    with open(os.path.join(args.out, "hybrid.md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
-    print(f"\n({report['wall_s']:.0f} s)")
+    run_and_save(args.out, "hybrid", lambda: run(args.requests), table)
 
 
 if __name__ == "__main__":

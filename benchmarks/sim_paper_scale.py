@@ -13,18 +13,17 @@ TTFT, E2E, token-gap p99 and total expert traffic. Writes JSON and a markdown ta
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from sgl_layered.analysis import workloads  # noqa: E402
+from sim_report import DEFAULT_OUT, run_and_save  # noqa: E402
 from sgl_layered.sim.cost import CostModel  # noqa: E402
 from sgl_layered.sim.hardware import H100  # noqa: E402
 from sgl_layered.sim.shapes import MODELS  # noqa: E402
-from sgl_layered.sim.sweep import Scenario, max_slo_rate, simulate  # noqa: E402
+from sgl_layered.sim.sweep import Scenario, max_slo_rate  # noqa: E402
 
 MODES = ["chunked-512", "layered-paper", "layered-ours-nochoose", "layered-ours"]
 PAPER = {"ttft": "up to -70%", "e2e": "-41%", "traffic_arxiv": "-39%", "traffic_sharegpt": "-12%",
@@ -92,19 +91,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--alpha", type=float, default=1.3, help="Zipf exponent of the routing; 0 = uniform")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sim"))
+    ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args()
-    t0 = time.time()
-    report = run(args.requests, args.alpha)
-    report["wall_s"] = time.time() - t0
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"paper_scale_alpha{args.alpha}.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    text = table(report)
-    with open(os.path.join(args.out, f"paper_scale_alpha{args.alpha}.md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
-    print(f"\n({report['wall_s']:.0f} s)")
+    run_and_save(args.out, f"paper_scale_alpha{args.alpha}", lambda: run(args.requests, args.alpha), table)
 
 
 if __name__ == "__main__":
