@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sgl_layered.core.adaptive import AdaptivePolicy, Switches, split_by_cost
-from sgl_layered.core.policy import PaperPolicy
+from sgl_layered.core.partition import split_layers
+from sgl_layered.core.policy import CohortState, PaperPolicy, SchedulerView
 from sgl_layered.sim.cost import CostModel
 from sgl_layered.sim.engine import SimRequest, Simulator
 from sgl_layered.sim.hardware import H100
@@ -17,7 +18,7 @@ DENSE = CostModel(MODELS["Qwen3-8B"], H100, tp=1, overhead_s=0.002)  # where chu
 
 requests = st.lists(st.tuples(st.floats(0.0, 0.3), st.integers(1, 6000), st.integers(1, 40)), min_size=1, max_size=25)
 policies = st.sampled_from(["paper", "paper-G3", "adaptive", "adaptive-eager-join", "adaptive-target",
-                            "adaptive-no-pipeline",                            "paper-hybrid-700", "adaptive-choose-moe", "adaptive-choose-dense"])
+                            "adaptive-no-pipeline", "paper-hybrid-700", "adaptive-choose-moe", "adaptive-choose-dense"])
 
 
 def make(policy):
@@ -82,7 +83,6 @@ def test_split_by_cost_balances_dense_first_layer():
 
 def _view_beside(cohort_next_group, head, waiting_tokens):
     """An 8-layer model, two requests decoding, one 1700-token cohort in four 2-layer groups in flight."""
-    from sgl_layered.core.policy import CohortState, SchedulerView
     a = CohortState(0, 1700, ((0, 2), (2, 4), (4, 6), (6, 8)), cohort_next_group)
     return SchedulerView(8, 2, 2, (a,), head_waiting_tokens=head, waiting_tokens=waiting_tokens, decode_context=400)
 
@@ -107,8 +107,6 @@ def test_prompt_joins_when_waiting_would_finish_later():
 def test_adaptive_groups_stay_within_the_budget_and_are_fewest(tokens, layers):
     """No pass of a cohort that fits the budget carries more than the paper's per-iteration work (512 tokens through
     every layer), and one group fewer would overrun it."""
-    from sgl_layered.core.partition import split_layers
-    from sgl_layered.core.policy import SchedulerView
     budget = 512 * layers
     if tokens > budget:
         return
