@@ -186,8 +186,6 @@ def run(plan: Plan, out_dir: str) -> dict:
     for (routing, wname), items in traces.items():
         coverage = expert_traffic.Coverage.from_traces(rows for _, rows in items)
         coverage_tables[f"{routing}/{wname}"] = {str(k): round(v, 2) for k, v in coverage.table().items()}
-        for index, rows in items:
-            results[index]["expert_limit"] = expert_traffic.limit_ratio(rows, coverage)
     report = {
         "plan": asdict(plan), "workloads": {n: w.describe() for n, w in wls.items()},
         "model": plan.model, "commit": _git_commit(), "machine": "CPU (2 cores), see benchmarks/README.md",
@@ -246,7 +244,6 @@ def write_csv(report: dict, path: str) -> None:
         row = {k: r[k] for k in ("routing", "mode", "workload", "rate", "iterations", "duration_s")}
         row.update(r["latency"])
         row.update({f"expert_{k}": v for k, v in r["experts"].items()})
-        row.update({f"limit_{k}": v for k, v in (r.get("expert_limit") or {}).items()})
         rows.append(row)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -299,11 +296,11 @@ def main() -> None:
     report = run(plan, out)
     print(f"\nwrote {out}/results.json, results.csv and plots ({report['wall_time_s'] / 60:.1f} min)")
     for r in report["runs"]:
-        lat, ex, lim = r["latency"], r["experts"], r.get("expert_limit") or {}
+        lat, ex = r["latency"], r["experts"]
         print(f"{r['routing']:10s} {r['mode']:15s} {r['workload']:13s} rate {r['rate']:<5} "
               f"TTFT p50 {lat['ttft_p50_s'] or 0:6.2f}s  TBT p99 {lat['tbt_p99_s'] or 0:6.3f}s  "
               f"SLO {lat['slo_attainment'] or 0:4.0%}  expert MB/prefill-tok "
-              f"{(ex['prefill_bytes_per_token'] or 0) / 1e6:7.3f}  x limit {lim.get('ratio') or 0:5.2f}")
+              f"{(ex['prefill_bytes_per_token'] or 0) / 1e6:7.3f}")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def expert_bytes(report, out_dir):
     groups = [(w, rt) for rt in report["plan"]["routings"] for w in report["plan"]["rates"]]
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.5), squeeze=False)
     for ax, (w, rt) in zip(axes[0], groups):
-        modes, vals, limits = [], [], []
+        modes, vals = [], []
         for mode in report["plan"]["routings"][rt]:
             runs = _runs(report, routing=rt, workload=w, mode=mode)
             tok = sum(r["experts"]["prefill_tokens"] for r in runs)
@@ -58,15 +58,12 @@ def expert_bytes(report, out_dir):
                 continue
             modes.append(mode)
             vals.append(sum(r["experts"]["prefill_bytes"] for r in runs) / tok / 1e6)
-            limits.append(sum((r.get("expert_limit") or {}).get("limit_bytes", 0) for r in runs) / tok / 1e6)
         xs = range(len(modes))
         ax.bar(xs, vals, color=["#c44" if m.startswith("layered") else "#48c" for m in modes])
-        ax.scatter(xs, limits, color="k", marker="_", s=400, zorder=3, label="physical limit")
         ax.set_xticks(list(xs))
         ax.set_xticklabels(modes, rotation=40, ha="right", fontsize=7)
         ax.set_ylabel("expert MB per prefill token")
         ax.set_title(f"{w}, {rt} routing", fontsize=9)
-        ax.legend(fontsize=7)
     fig.suptitle(_label(report), fontsize=8)
     fig.tight_layout()
     path = os.path.join(out_dir, "expert_bytes.png")

@@ -19,36 +19,21 @@ def main(path):
           f"{rep['plan']['requests']} requests per run, SLO TTFT/gap: "
           + ", ".join(f"{w} {s[0]:g} s / {s[1] * 1e3:g} ms" for w, s in rep["plan"]["slo"].items()) + ".\n")
     print("| routing | mode | workload | rate (req/s) | TTFT p50 (s) | TTFT p99 (s) | gap p50 (ms) | gap p99 (ms) "
-          "| gap max (ms) | E2E mean (s) | tok/s | SLO attained | expert MB / prefill token | x limit |")
+          "| gap max (ms) | E2E mean (s) | tok/s | SLO attained | expert MB / prefill token | expert GB loaded |")
     print("|" + "---|" * 14)
     for r in rep["runs"]:
-        lat, ex, lim = r["latency"], r["experts"], r.get("expert_limit") or {}
+        lat, ex = r["latency"], r["experts"]
         print(f"| {r['routing']} | {r['mode']} | {r['workload']} | {r['rate']:g} | {fmt(lat['ttft_p50_s'])} | "
               f"{fmt(lat['ttft_p99_s'])} | {fmt(lat['tbt_p50_s'], 1e3, 0)} | {fmt(lat['tbt_p99_s'], 1e3, 0)} | "
               f"{fmt(lat['tbt_max_s'], 1e3, 0)} | {fmt(lat['e2e_mean_s'])} | {fmt(lat['throughput_tok_s'], 1, 1)} | "
               f"{fmt(lat['slo_attainment'], pct=True)} | {fmt(ex['prefill_bytes_per_token'], 1e-6, 3)} | "
-              f"{fmt(lim.get('ratio'))} |")
+              f"{fmt(ex['loaded_bytes'], 1e-9, 1)} |")
     print("\nMeasured coverage U(n) (mean over layers of the distinct experts n rows touch; 64 experts, top-8):\n")
     sizes = list(next(iter(rep["coverage_U"].values())))
     print("| routing / workload | " + " | ".join(f"n={n}" for n in sizes) + " |")
     print("|" + "---|" * (len(sizes) + 1))
     for key, table in rep["coverage_U"].items():
         print(f"| {key} | " + " | ".join(f"{table[n]:.1f}" for n in sizes) + " |")
-    print("\nExpert bytes per prefill token, layered-auto vs chunked-512 (all rates of a routing and workload):\n")
-    print("| routing | workload | chunked-512 MB/token | layered-auto MB/token | layered / chunked | "
-          "layered x limit |")
-    print("|---|---|---|---|---|---|")
-    for routing in rep["plan"]["routings"]:
-        for w in rep["plan"]["rates"]:
-            def agg(mode):
-                runs = [r for r in rep["runs"] if r["routing"] == routing and r["mode"] == mode and r["workload"] == w]
-                tok = sum(r["experts"]["prefill_tokens"] for r in runs)
-                lim = sum((r.get("expert_limit") or {}).get("limit_bytes", 0) for r in runs)
-                b = sum(r["experts"]["prefill_bytes"] for r in runs)
-                return (b / tok if tok else None), (b / lim if lim else None)
-            (c, _), (l, lr) = agg("chunked-512"), agg("layered-auto")
-            if c and l:
-                print(f"| {routing} | {w} | {c / 1e6:.3f} | {l / 1e6:.3f} | {l / c:.2f} | {lr:.2f} |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Benchmark analysis: workloads, latency/SLO rules, coverage and the expert-traffic limit."""
+"""Benchmark analysis: workloads, latency/SLO rules, coverage and expert-traffic counting."""
 
 import statistics
 
@@ -46,14 +46,12 @@ def _row(layers, prefill, decode_rows=0):
                         "prefill_bytes": sum(c[3] - c[4] for c in layers if c[2]) * 10}}
 
 
-def test_coverage_curve_and_limit():
+def test_coverage_curve():
     rows = [_row([[0, 1, 0, 2, 2], [0, 4, 4, 6, 0], [0, 16, 16, 8, 0]], [{"rids": ["a"], "tokens": 4,
                                                                           "layers": [0, 1]}])]
     cov = expert_traffic.Coverage.from_traces([rows])
     assert cov.at(0, 1) == 2 and cov.at(0, 16) == 8 and cov.at(0, 100) == 8
     assert cov.at(0, 2) == pytest.approx(4.0)  # halfway between 1 and 4 rows in log n
-    assert cov.limit_bytes(prompt_tokens=4, decode_rows=1, bytes_per_expert=10) == pytest.approx(
-        10 * (cov.at(0, 5) - cov.at(0, 1)))
 
 
 def test_per_request_attribution_splits_by_tokens():
@@ -63,3 +61,21 @@ def test_per_request_attribution_splits_by_tokens():
     assert per["a"]["bytes"] == 20 and per["b"]["bytes"] == 40 and per["b"]["tokens"] == 4
     t = expert_traffic.totals(rows)
     assert t["prefill_bytes"] == 50 and t["prefill_bytes_per_token"] == 50 / 6
+
+
+def test_layered_cohort_tokens_count_once_whatever_the_group_count():
+    """A cohort of 6 tokens over 3 layers is one piece per group pass; its tokens count once, so per-token
+    figures do not shrink with G (they did: the tokens were added once per pass)."""
+    one_pass = [_row([[0, 6, 6, 4, 0], [1, 6, 6, 4, 0], [2, 6, 6, 4, 0]],
+                     [{"rids": ["a"], "tokens": 6, "req_tokens": [6], "layers": [0, 3], "expert_bytes": 120}])]
+    three_passes = [_row([[layer, 6, 6, 4, 0]], [{"rids": ["a"], "tokens": 6, "req_tokens": [6],
+                                                  "layers": [layer, layer + 1], "expert_bytes": 40}])
+                    for layer in range(3)]
+    for rows in (one_pass, three_passes):
+        t = expert_traffic.totals(rows)
+        assert t["prefill_tokens"] == 6 and t["prefill_bytes"] == 120 and t["prefill_bytes_per_token"] == 20
+        per = expert_traffic.per_request(rows)["a"]
+        assert per["tokens"] == 6 and per["bytes"] == 120
+    # Chunks (stock or hybrid) each cross layer 0 once: every chunk's tokens count.
+    chunks = [_row([[0, 3, 3, 2, 0]], [{"rids": ["a"], "tokens": 3, "layers": [0, 1]}]) for _ in range(2)]
+    assert expert_traffic.totals(chunks)["prefill_tokens"] == 6

@@ -28,12 +28,10 @@ def test_ablation_quick(tmp_path):
     def per_token(mode, workload):
         (run,) = [r for r in report["runs"] if r["routing"] == "model" and r["mode"] == mode
                   and r["workload"] == workload]
-        return run["experts"]["prefill_bytes_per_token"], run["expert_limit"]["ratio"]
+        return run["experts"]["prefill_bytes_per_token"]
 
     # arXiv-like prompts (~1.1k tokens) span several 512-token chunks: layered loads each expert once per layer.
-    layered, layered_ratio = per_token("layered-auto", "arxiv-like")
-    chunked, chunked_ratio = per_token("chunked-512", "arxiv-like")
-    assert layered < chunked and layered_ratio <= 1.1 < chunked_ratio
+    assert per_token("layered-auto", "arxiv-like") < per_token("chunked-512", "arxiv-like")
     calibrated = [r for r in report["runs"] if r["routing"] == "calibrated"]
     assert calibrated and all(r["experts"]["prefill_tokens"] > 0 for r in calibrated)
 

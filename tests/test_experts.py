@@ -105,16 +105,71 @@ def test_accounting_exact_with_forced_routing(model_path, tmp_path):
     assert fused_seen == TINY.num_layers  # the second prompt ran its 5 one-layer groups fused with decode
 
 
+ONE_AT_A_TIME = [300, 150, 77]  # prompt lengths, each prefilled alone (nothing else running)
+
+
+def _one_at_a_time(model_path, trace, **kw):
+    """The same prompts, one request at a time, with expert accounting; returns the trace rows and the responses."""
+    from workload import greedy, prompts
+
+    engine = sgl_layered.Engine(model_path=model_path("tiny-qwen3-moe"), layered_prefill_trace=str(trace),
+                                layered_prefill_expert_accounting=True, **cpu.engine_kwargs(**kw))
+    try:
+        outs = [engine.generate(input_ids=ids, sampling_params=greedy(4))
+                for ids in prompts(lengths=ONE_AT_A_TIME)]
+        drain(engine)
+    finally:
+        engine.shutdown()
+    return read(trace), outs
+
+
+@pytest.mark.engine
+def test_expert_bytes_do_not_depend_on_the_group_count(model_path, tmp_path):
+    """Each prompt token is counted once, and the same prompts load the same expert bytes whether their cohort
+    crosses the 5 layers in one pass or in five: each layer sees the whole prompt once either way. Chunked prefill
+    with small chunks reloads each layer's experts once per chunk."""
+    from sgl_layered.analysis import expert_traffic
+
+    runs = {
+        "G=1": _one_at_a_time(model_path, tmp_path / "g1.jsonl", enable_layered_prefill=True,
+                              layered_prefill_groups=1),
+        "G=N": _one_at_a_time(model_path, tmp_path / "gn.jsonl", enable_layered_prefill=True,
+                              layered_prefill_groups=TINY.num_layers),
+        "chunk-32": _one_at_a_time(model_path, tmp_path / "c32.jsonl", chunked_prefill_size=32,
+                                   disable_overlap_schedule=True),
+    }
+    totals = {}
+    for name, (rows, outs) in runs.items():
+        t = totals[name] = expert_traffic.totals(rows)
+        new_tokens = sum(o["meta_info"]["prompt_tokens"] - o["meta_info"]["cached_tokens"]
+                         for o in outs)
+        assert t["prefill_tokens"] == new_tokens, (name, t)
+        per = expert_traffic.per_request(rows)
+        assert sorted(r["tokens"] for r in per.values()) == sorted(
+            o["meta_info"]["prompt_tokens"] - o["meta_info"]["cached_tokens"] for o in outs), name
+    passes = [r for r in runs["G=N"][0] if r["prefill"]]
+    assert len(passes) == len(ONE_AT_A_TIME) * TINY.num_layers  # G > 1: one piece per group pass
+    g1, gn, chunked = (totals[k] for k in ("G=1", "G=N", "chunk-32"))
+    assert gn["loaded_bytes"] == pytest.approx(g1["loaded_bytes"], rel=0.01)
+    assert gn["prefill_bytes_per_token"] == pytest.approx(g1["prefill_bytes_per_token"], rel=0.01)
+    assert chunked["loaded_bytes"] > 1.5 * g1["loaded_bytes"]
+    assert chunked["prefill_bytes_per_token"] > 1.5 * g1["prefill_bytes_per_token"]
+
+
 @pytest.mark.engine
 def test_prometheus_counters_with_enable_metrics(model_path, tmp_path):
-    """With SGLang's --enable-metrics, expert accounting is exported as Prometheus counters on /metrics."""
+    """With SGLang's --enable-metrics, expert accounting is exported as Prometheus counters on /metrics, and they
+    agree with the trace (a G > 1 cohort's tokens counted once)."""
     import re
 
     import requests
 
+    from sgl_layered.analysis import expert_traffic
     from server import Server
 
-    args = ["--enable-layered-prefill", "--layered-prefill-expert-accounting", "--enable-metrics"]
+    trace = tmp_path / "trace.jsonl"
+    args = ["--enable-layered-prefill", "--layered-prefill-groups", str(TINY.num_layers),
+            "--layered-prefill-expert-accounting", "--enable-metrics", "--layered-prefill-trace", str(trace)]
     with Server(model_path("tiny-qwen3-moe"), args, log_path=tmp_path / "server.log") as server:
         r = requests.post(server.url + "/generate", timeout=120, json={
             "input_ids": list(range(10, 110)), "sampling_params": {"max_new_tokens": 4, "temperature": 0.0}})
@@ -127,6 +182,8 @@ def test_prometheus_counters_with_enable_metrics(model_path, tmp_path):
         assert found, f"{name} missing from /metrics"
         return sum(float(v) for v in found)
 
-    assert value("sglang_layered_prefill_tokens_total") >= 100  # the warm-up request adds its own tokens
-    assert value("sglang_layered_expert_prefill_bytes_total") > 0
-    assert value("sglang_layered_expert_loaded_bytes_total") >= value("sglang_layered_expert_prefill_bytes_total")
+    t = expert_traffic.totals(read(trace))  # the warm-up request and ours
+    assert t["prefill_tokens"] >= 100
+    assert value("sglang_layered_prefill_tokens_total") == t["prefill_tokens"]
+    assert value("sglang_layered_expert_prefill_bytes_total") == t["prefill_bytes"] > 0
+    assert value("sglang_layered_expert_loaded_bytes_total") == t["loaded_bytes"] >= t["prefill_bytes"]

@@ -15,7 +15,8 @@ class ExpertCounters:
                               "x bytes per expert)")
         self.prefill = Counter("sglang_layered_expert_prefill_bytes",
                                "Expert-weight bytes attributable to prompt (prefill) rows")
-        self.tokens = Counter("sglang_layered_prefill_tokens", "Prompt tokens computed (prefill pieces)")
+        self.tokens = Counter("sglang_layered_prefill_tokens", "Prompt tokens prefilled, each counted once (a layered "
+                                                        "cohort on its pass over layer 0)")
 
     def add(self, accounted: dict, prefill_tokens: int) -> None:
         self.loaded.inc(accounted["loaded_bytes"])

@@ -7,6 +7,7 @@ from typing import Optional
 
 from sglang.srt.runtime_context import get_parallel
 
+from sgl_layered.analysis.expert_traffic import counted_tokens
 from sgl_layered.core.config import LayeredConfig
 
 from . import experts
@@ -67,16 +68,20 @@ class IterationObserver:
         if self.ledger is not None:
             accounted = self.ledger.take()
             extra["experts"] = accounted
-            _attribute(summary["prefill"], accounted["prefill_bytes"])
+            _attribute(summary["prefill"], accounted)
             if self.metrics is not None:
-                self.metrics.add(accounted, sum(p["tokens"] for p in summary["prefill"]))
+                self.metrics.add(accounted, sum(counted_tokens(p) for p in summary["prefill"]))
         if self.trace is not None:
             finished = [r.rid for b in processed_batches for r in b.reqs if r.finished()]
             self.trace.end(finished=finished, **extra)
 
 
-def _attribute(pieces, prefill_bytes: int) -> None:
-    """Split an iteration's prompt-attributable expert bytes over its prefill pieces by token count."""
-    tokens = sum(p["tokens"] for p in pieces)
+def _attribute(pieces, accounted: dict) -> None:
+    """Give each prefill piece the prompt-attributable expert bytes of the MoE calls inside its layer range.
+    Pieces of one iteration never share a layer (pipelined cohorts run disjoint groups; a stock batch is one
+    piece over every layer), so each call belongs to at most one piece."""
+    b = accounted["bytes_per_expert"]
     for p in pieces:
-        p["expert_bytes"] = prefill_bytes * p["tokens"] / tokens if tokens else 0
+        lo, hi = p["layers"]
+        p["expert_bytes"] = sum(distinct - distinct_decode for layer, _, prefill_rows, distinct, distinct_decode
+                                in accounted["layers"] if prefill_rows and lo <= layer < hi) * b

@@ -1,10 +1,9 @@
 """Expert-weight traffic from a trace recorded with --layered-prefill-expert-accounting.
 
 Traffic = distinct experts touched per MoE layer per forward x bytes per expert. The prompt's share of a layer
-call is what its rows add to the decode rows' experts. The physical limit for a prompt of L tokens prefilled
-while B requests decode is N * [U(B+L) - U(B)] * bytes-per-expert, each needed expert loaded once per layer:
-U is the measured coverage, the mean number of distinct experts n rows touch, estimated per layer from the
-observed MoE calls (pool several runs with the same model and routing to cover large n).
+call is what its rows add to the decode rows' experts. Per-token figures count each prompt token exactly once
+(`counted_tokens`). U(n), the coverage, is the mean number of distinct experts n rows touch, per layer, from the
+observed MoE calls: a description of the routing, not a bound on any mode's traffic.
 """
 
 from __future__ import annotations
@@ -13,6 +12,13 @@ import bisect
 import math
 from collections import defaultdict
 from typing import Dict, Iterable, List, Tuple
+
+
+def counted_tokens(piece: dict) -> int:
+    """Prompt tokens a trace piece adds to a run's count: each prompt token is counted exactly once. A layered
+    cohort appears in one piece per group pass, all with the same tokens; only its pass over layer 0 counts.
+    A stock prefill, a chunk and a hybrid chunk each cross layer 0 once, so they count in full."""
+    return int(piece["tokens"]) if piece["layers"][0] == 0 else 0
 
 
 def totals(rows: Iterable[dict]) -> dict:
@@ -25,7 +31,7 @@ def totals(rows: Iterable[dict]) -> dict:
         bytes_per_expert = acc["bytes_per_expert"]
         loaded += acc["loaded_bytes"]
         prefill += acc["prefill_bytes"]
-        tokens += sum(p["tokens"] for p in r["prefill"])
+        tokens += sum(counted_tokens(p) for p in r["prefill"])
     return {"loaded_bytes": loaded, "prefill_bytes": prefill, "prefill_tokens": tokens,
             "prefill_bytes_per_token": prefill / tokens if tokens else None, "bytes_per_expert": bytes_per_expert}
 
@@ -74,10 +80,6 @@ class Coverage:
         layers = sorted(self.curves)
         return {n: sum(self.at(l, n) for l in layers) / len(layers) for n in sizes if layers}
 
-    def limit_bytes(self, prompt_tokens: float, decode_rows: float, bytes_per_expert: int) -> float:
-        return bytes_per_expert * sum(self.at(l, decode_rows + prompt_tokens) - self.at(l, decode_rows)
-                                      for l in self.curves)
-
 
 def per_request(rows: Iterable[dict]) -> Dict[str, dict]:
     """Per request: prefill tokens computed, expert bytes attributed to it, and the mean decode rows that ran
@@ -93,20 +95,9 @@ def per_request(rows: Iterable[dict]) -> Dict[str, dict]:
                 rec["bytes"] += share * n / total if total else 0.0
                 rec["decode_rows"].append(r["decode_rows"])
                 rec["passes"] += 1
-                if p["layers"][0] == 0:  # count a request's tokens once per pass over the first layer
+                if counted_tokens(p):  # a request's tokens count once, on its pass over layer 0
                     rec["tokens"] += n
     for rec in out.values():
         rows_ = rec.pop("decode_rows")
         rec["mean_decode_rows"] = sum(rows_) / len(rows_)
     return out
-
-
-def limit_ratio(rows: List[dict], coverage: Coverage) -> dict:
-    """Prompt-attributable expert bytes against the physical limit, summed over the run's requests."""
-    t = totals(rows)
-    if not t["bytes_per_expert"]:
-        return {"prefill_bytes": 0, "limit_bytes": 0, "ratio": None}
-    limit = sum(coverage.limit_bytes(rec["tokens"], rec["mean_decode_rows"], t["bytes_per_expert"])
-                for rec in per_request(rows).values())
-    return {"prefill_bytes": t["prefill_bytes"], "limit_bytes": limit,
-            "ratio": t["prefill_bytes"] / limit if limit else None}
