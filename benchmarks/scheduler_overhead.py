@@ -1,25 +1,32 @@
 """What the layered scheduler adds per iteration, in microseconds (CPU, this machine).
 
-Measures our own per-iteration code with the tensors it really handles, not the model's forward:
-  * policy: `may_admit` + `plan` (pure Python, every iteration while a cohort is in flight);
-  * decode-only iteration: the pass-through decoder-layer hook, once per layer;
-  * layered iteration: building the fused batch view, joining and splitting the prompt/decode activations,
-    and the row-splitting attention's slicing and concatenation (once per layer of the group).
+Part 1, the real engine (tiny model, `--max-running-requests 4` so the waiting queue stays deep): 10,000 one-token
+requests are queued at once; every iteration's trace record holds the queue depth, the scheduling call's time
+(SGLang's admission included) and our policy's share (building the SchedulerView and deciding the Step). Reported:
+medians at about 10, 1,000 and 10,000 waiting requests, layered (paper rule and our policy) beside stock SGLang.
 
-    .venv/bin/python benchmarks/scheduler_overhead.py [--prompt-rows 512] [--decode-rows 32] [--hidden 512]
-Writes benchmarks/results/scheduler_overhead.json.
+Part 2, micro-benchmarks of the per-iteration code around the model forward with the tensors it really handles:
+the pass-through decoder-layer hook (decode-only iterations), the fused batch view, joining and splitting the
+prompt/decode activations, the row-splitting attention's slicing.
+
+    .venv/bin/python benchmarks/scheduler_overhead.py [--requests 10000]
+Writes benchmarks/results/scheduler_overhead.json. Run it with nothing else on the cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+DEPTHS = (10, 1000, 10000)
 
 
 def timed(fn, repeat=2000):
@@ -32,14 +39,41 @@ def timed(fn, repeat=2000):
     return statistics.median(samples)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--prompt-rows", type=int, default=512)
-    ap.add_argument("--decode-rows", type=int, default=32)
-    ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--layers", type=int, default=8)
-    args = ap.parse_args()
+def engine_part(requests: int) -> dict:
+    import sgl_layered
+    from sgl_layered import cpu
+    from sgl_layered.models import build
 
+    model = str(build("tiny-qwen3-moe"))
+    modes = {"stock": {}, "layered-paper": dict(enable_layered_prefill=True),
+             "layered-ours": dict(enable_layered_prefill=True, layered_prefill_policy="adaptive")}
+    out = {}
+    for mode, kw in modes.items():
+        trace = tempfile.mkstemp(suffix=".jsonl")[1]
+        engine = sgl_layered.Engine(model_path=model, layered_prefill_trace=trace, max_running_requests=4,
+                                    disable_overlap_schedule=True, **kw, **cpu.engine_kwargs())
+        try:
+            async def burst():
+                params = {"max_new_tokens": 1, "temperature": 0.0}
+                return await asyncio.gather(*(engine.async_generate(input_ids=[7 + i % 1000], sampling_params=params)
+                                              for i in range(requests)))
+            engine.loop.run_until_complete(burst())
+            engine.get_server_info()
+        finally:
+            engine.shutdown()
+        rows = [json.loads(line) for line in open(trace) if line.strip()]
+        os.unlink(trace)
+        out[mode] = {}
+        for depth in DEPTHS:
+            near = [r["scheduling"] for r in rows if abs(r["scheduling"]["waiting"] - depth) <= max(2, depth // 10)]
+            out[mode][str(depth)] = {
+                "iterations": len(near),
+                "scheduling_us_median": statistics.median(s["us"] for s in near) if near else None,
+                "policy_us_median": statistics.median(s["policy_us"] for s in near) if near else None}
+    return out
+
+
+def micro_part(prompt_rows: int, decode_rows: int, hidden: int, layers: int) -> dict:
     from sgl_layered import cpu
     cpu.apply_env()
     import torch
@@ -48,15 +82,10 @@ def main():
     from sgl_layered.adapter import fused_pass
     from sgl_layered.adapter.attention import RowSplitAttention
     from sgl_layered.adapter.views import fused_view
-    from sgl_layered.core.policy import CohortState, PaperPolicy, SchedulerView
-    from sgl_layered.core.partition import split_layers
     from sgl_layered.runtime.stash import Activations, join, split
 
-    L, B, H, N = args.prompt_rows, args.decode_rows, args.hidden, args.layers
-    policy = PaperPolicy(groups=None)
-    groups = tuple(split_layers(N, 2))
-    view = SchedulerView(N, B, 3, (CohortState(1, L, groups, 0),))
-    results = {"policy_us": timed(lambda: (policy.may_admit(view), policy.plan(view)))}
+    L, B, H, N = prompt_rows, decode_rows, hidden, layers
+    results = {}
 
     def original(layer, positions, hidden, fb):
         return hidden
@@ -89,18 +118,31 @@ def main():
     results["row_split_attention_per_layer_us"] = timed(lambda: attn.forward(q, q, q, None, None), repeat=500)
     group_layers = N // 2
     results["layered_iteration_total_us"] = (
-        results["policy_us"] + results["fused_view_us"] + results["join_split_us"]
+        results["fused_view_us"] + results["join_split_us"]
         + group_layers * results["row_split_attention_per_layer_us"]
         + (N - group_layers) * results["hook_passthrough_per_layer_us"])
     results["decode_only_iteration_total_us"] = N * results["hook_passthrough_per_layer_us"]
     results["shape"] = {"prompt_rows": L, "decode_rows": B, "hidden": H, "layers": N, "group_layers": group_layers}
-    results["note"] = ("CPU, 2 cores; per-iteration cost of sgl-layered's own code around the model forward "
-                       "(the forward itself is the model's work in any mode)")
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=10000)
+    ap.add_argument("--prompt-rows", type=int, default=512)
+    ap.add_argument("--decode-rows", type=int, default=32)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=8)
+    args = ap.parse_args()
+    from sgl_layered import cpu
+    cpu.apply_env()
+    results = {"engine": engine_part(args.requests),
+               "micro": micro_part(args.prompt_rows, args.decode_rows, args.hidden, args.layers),
+               "note": "CPU, 2 cores; medians; engine part: tiny-qwen3-moe, one-token requests, max_running_requests 4"}
     out = os.path.join(os.path.dirname(__file__), "results", "scheduler_overhead.json")
     with open(out, "w") as f:
         json.dump(results, f, indent=2)
-    for k, v in results.items():
-        print(f"{k}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}")
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from sgl_layered.sim import calibrate  # noqa: E402
-from sgl_layered.sim.shapes import MODELS  # noqa: E402
+from sgl_layered.core.shapes import MODELS  # noqa: E402
 
 FIT = ["sglang-default", "chunked-512", "layered-auto"]
 TEST = ["chunked-2048", "layered-G2", "layered-G4", "layered-G8"]

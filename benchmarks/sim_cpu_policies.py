@@ -24,11 +24,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from sgl_layered.analysis import workloads  # noqa: E402
 from sim_report import DEFAULT_OUT, run_and_save  # noqa: E402
 from sgl_layered.core.adaptive import AdaptivePolicy, Switches  # noqa: E402
-from sgl_layered.core.policy import PaperPolicy  # noqa: E402
-from sgl_layered.sim.cost import CostModel  # noqa: E402
+from sgl_layered.core.paper import PaperPolicy  # noqa: E402
+from sgl_layered.core.roofline import CostModel  # noqa: E402
 from sgl_layered.sim.engine import Simulator  # noqa: E402
-from sgl_layered.sim.hardware import CPU_CALIBRATED, ITERATION_OVERHEAD_S  # noqa: E402
-from sgl_layered.sim.shapes import MODELS  # noqa: E402
+from sgl_layered.core.hardware import CPU_CALIBRATED, ITERATION_OVERHEAD_S  # noqa: E402
+from sgl_layered.core.shapes import MODELS  # noqa: E402
 from sgl_layered.sim.sweep import Scenario, make_requests  # noqa: E402
 
 COST = CostModel(MODELS["bench-qwen3-moe"], CPU_CALIBRATED, overhead_s=ITERATION_OVERHEAD_S[CPU_CALIBRATED.name])
@@ -40,7 +40,7 @@ def policy(mode: str):
     if mode == "layered-paper":
         return PaperPolicy()
     switches = Switches(eager_join=mode.endswith("eager-join"))
-    return AdaptivePolicy(switches=switches, iteration_cost=COST.seconds, layer_costs=COST.layer_costs(512))
+    return AdaptivePolicy(switches=switches, predict_seconds=COST.seconds, layer_costs=COST.layer_costs(512))
 
 
 MODES = ["layered-paper", "layered-ours", "layered-ours-eager-join"]

@@ -19,9 +19,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from sgl_layered.analysis import workloads  # noqa: E402
 from sim_report import DEFAULT_OUT, run_and_save  # noqa: E402
-from sgl_layered.sim.cost import CostModel  # noqa: E402
-from sgl_layered.sim.hardware import H100  # noqa: E402
-from sgl_layered.sim.shapes import MODELS  # noqa: E402
+from sgl_layered.core.roofline import CostModel  # noqa: E402
+from sgl_layered.core.hardware import H100  # noqa: E402
+from sgl_layered.core.shapes import MODELS  # noqa: E402
 from sgl_layered.sim.sweep import Scenario, simulate  # noqa: E402
 
 SETUPS = [("GPT-OSS-20B", 0.100, 1_400_000), ("Qwen3-30B-A3B", 0.125, 700_000)]

@@ -8,21 +8,46 @@ import pytest
 
 from sgl_layered.core.config import LayeredConfig, LayeredConfigError
 from sgl_layered.core.partition import paper_group_count, split_layers
-from sgl_layered.core.policy import CohortState, PaperPolicy, SchedulerView
+from sgl_layered.core.paper import PaperPolicy
+from sgl_layered.core.step import CohortState, GroupRule, SchedulerView, Step, StepInvariantError, Waiting, check_step
 
 
-def test_core_imports_neither_torch_nor_sglang():
-    code = (
-        "import sys\n"
-        "import sgl_layered.core.config, sgl_layered.core.partition, sgl_layered.core.policy\n"
-        "import sgl_layered.core.adaptive, sgl_layered.analysis.workloads, sgl_layered.analysis.latency\n"
-        "import sgl_layered.analysis.expert_traffic, sgl_layered.sim.engine, sgl_layered.sim.sweep\n"
-        "import sgl_layered.sim.calibrate\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sglang', 'numpy'))\n"
-        "print(bad)\n"
-    )
+def _imported_by(modules):
+    """Top-level packages importing `modules` pulls in (in a fresh interpreter)."""
+    code = (f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    return set(json.loads(out.stdout.replace("'", '"')))
+
+
+def _package_modules(package):
+    import pkgutil
+
+    import sgl_layered
+
+    root = sgl_layered.__path__[0] + "/" + package
+    return [f"sgl_layered.{package}.{m.name}" for m in pkgutil.iter_modules([root])]
+
+
+def test_rings_core_imports_neither_torch_nor_sglang_runtime_no_sglang():
+    """Core, analysis and simulator are standard-library only; the runtime is torch without SGLang; only the
+    adapter imports SGLang (and nothing of the simulator)."""
+    pure = _package_modules("core") + _package_modules("analysis") + _package_modules("sim")
+    assert not _imported_by(pure) & {"torch", "sglang", "numpy"}
+    assert "sglang" not in _imported_by(_package_modules("runtime"))
+    import pathlib
+    import re
+
+    import sgl_layered
+
+    root = pathlib.Path(sgl_layered.__path__[0])
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        ring = path.relative_to(root).parts[0]
+        if re.search(r"^\s*(from|import) sglang\b", text, re.M):
+            assert ring == "adapter", f"{path} imports SGLang outside the adapter"
+        if ring == "adapter":
+            assert not re.search(r"sgl_layered\.sim\b|from \.\.sim\b", text), f"{path} imports the simulator"
 
 
 @pytest.mark.parametrize("n,g", [(5, 2), (5, 3), (5, 5), (8, 3), (1, 1), (48, 7)])
@@ -76,26 +101,42 @@ def test_config_round_trips_through_json():
 
 def test_paper_policy_runs_groups_in_order_then_finishes():
     policy = PaperPolicy(groups=3)
-    groups = policy.partition(new_tokens=700, num_layers=5)
+    admit = policy.schedule(SchedulerView(num_layers=5, decode_rows=4, waiting=Waiting(1, 700, 700))).admit
+    groups = admit.groups.split(700, 5)
     assert groups == ((0, 2), (2, 4), (4, 5))
     seen = []
     for step in range(3):
-        view = SchedulerView(num_layers=5, decode_rows=4, waiting_requests=2,
+        view = SchedulerView(num_layers=5, decode_rows=4, waiting=Waiting(2, 10, 20),
                              cohorts=(CohortState(7, 700, groups, step),))
-        assert not policy.may_admit(view)  # one cohort at a time
-        plan = policy.plan(view)
-        assert plan.decode_rows == 4
-        (piece,) = plan.pieces
+        decision = policy.schedule(view)
+        assert decision.admit is None  # one cohort at a time
+        (piece,) = decision.pieces
         seen.append(piece.layers)
         assert piece.final == (step == 2)
     assert seen == list(groups)
-    assert policy.may_admit(SchedulerView(num_layers=5, decode_rows=4, waiting_requests=1))
+    # With nothing in flight, admission is open even before a request waits: SGLang's own admission then moves
+    # requests whose grammar compiled into the queue (it polls its grammar queue there).
+    assert policy.schedule(SchedulerView(num_layers=5)).admit is not None
+    assert policy.schedule(SchedulerView(num_layers=5, admission_open=False)).admit is None
 
 
 def test_auto_policy_uses_prompt_length():
-    policy = PaperPolicy(groups=None, tokens_per_group=512)
-    assert len(policy.partition(new_tokens=1100, num_layers=5)) == 3
-    assert len(policy.partition(new_tokens=10, num_layers=5)) == 1
+    admit = PaperPolicy(groups=None, tokens_per_group=512).schedule(SchedulerView(num_layers=5)).admit
+    assert len(admit.groups.split(1100, 5)) == 3
+    assert len(admit.groups.split(10, 5)) == 1
+
+
+def test_step_invariants_are_checked():
+    groups = ((0, 2), (2, 5))
+    view = SchedulerView(num_layers=5, cohorts=(CohortState(1, 100, groups, 0),))
+    with pytest.raises(StepInvariantError, match="exactly once"):
+        check_step(view, Step(()))
+    with pytest.raises(StepInvariantError, match="next group"):
+        from sgl_layered.core.step import Piece
+
+        check_step(view, Step((Piece(1, (2, 5), 100, True),)))
+    with pytest.raises(ValueError, match="exactly one rule"):
+        GroupRule(groups=2, tokens_per_group=512)
 
 
 @pytest.mark.parametrize("value", [0, -5, "256", True])

@@ -5,13 +5,14 @@ import pytest
 
 from sgl_layered.analysis import workloads
 from sgl_layered.core.adaptive import AdaptivePolicy, Switches
-from sgl_layered.core.execution import choose_execution
+from sgl_layered.core.execution import added_seconds, choose_execution, chunked_iterations, layered_iterations
+from sgl_layered.core.hardware import H100
+from sgl_layered.core.paper import PaperPolicy
 from sgl_layered.core.partition import split_layers
-from sgl_layered.core.policy import PaperPolicy, SchedulerView
-from sgl_layered.sim.cost import CostModel
+from sgl_layered.core.roofline import CostModel
+from sgl_layered.core.shapes import MODELS
+from sgl_layered.core.step import SchedulerView, Waiting
 from sgl_layered.sim.engine import SimRequest, Simulator
-from sgl_layered.sim.hardware import H100
-from sgl_layered.sim.shapes import MODELS
 from sgl_layered.sim.sweep import Scenario, simulate
 
 MOE = CostModel(MODELS["Qwen3-30B-A3B"], H100, tp=2, alpha=1.3, overhead_s=0.002)
@@ -25,7 +26,9 @@ def test_choice_follows_what_a_pass_reloads(cost, kind):
     n = cost.m.layers
     choice = choose_execution(cost.seconds, 4096, n, 512 * n, decode_rows=64, decode_context=64 * 2000)
     assert choice.kind == kind
-    assert choice.added_s < choice.alternative_added_s
+    layered = added_seconds(cost.seconds, 64, 64 * 2000, layered_iterations(4096, tuple(split_layers(n, 8))))
+    chunked = added_seconds(cost.seconds, 64, 64 * 2000, chunked_iterations(4096, 512, n))
+    assert choice.added_s == min(layered, chunked) < max(layered, chunked)
     if kind == "chunked":
         assert choice.chunk_tokens == 512
 
@@ -38,14 +41,18 @@ def test_prompt_within_one_bite_runs_whole_and_no_budget_means_no_choice():
 
 def test_chunked_admission_then_one_full_depth_group():
     n = DENSE.m.layers
-    policy = AdaptivePolicy(iteration_cost=DENSE.seconds)
-    view = SchedulerView(n, 64, 1, (), 3000, 3000, 64 * 2000)
-    admission = policy.admission(view)
-    assert admission.execution.kind == "chunked" and admission.chunk_tokens == 512 and admission.token_cap == 512
-    assert policy.partition(512, n, view) == ((0, n),)
+    policy = AdaptivePolicy(predict_seconds=DENSE.seconds)
+    view = SchedulerView(n, decode_rows=64, decode_context=64 * 2000, waiting=Waiting(1, 3000, 3000))
+    admit = policy.schedule(view).admit
+    assert admit.execution == "chunked" and admit.chunk_tokens == 512 and admit.token_cap == 512
+    assert admit.groups.split(512, n) == ((0, n),)
+    # The rest of a prompt SGLang is still admitting in chunks keeps its chunk size and execution.
+    rest = policy.schedule(SchedulerView(n, decode_rows=64, waiting=Waiting(1, 2488, 2488), chunking=admit)).admit
+    assert (rest.chunk_tokens, rest.execution, rest.groups.split(512, n)) == (512, "chunked", ((0, n),))
     # Switched off, or without a cost model: the paper's layered schedule.
-    for off in (AdaptivePolicy(switches=Switches(choose=False), iteration_cost=DENSE.seconds), AdaptivePolicy()):
-        assert off.admission(view).chunk_tokens is None and len(off.partition(3000, n, view)) > 1
+    for off in (AdaptivePolicy(switches=Switches(choose=False), predict_seconds=DENSE.seconds), AdaptivePolicy()):
+        admit = off.schedule(view).admit
+        assert admit.chunk_tokens is None and len(admit.groups.split(3000, n)) > 1
 
 
 def test_bigger_bites_only_where_they_pay():
@@ -53,8 +60,9 @@ def test_bigger_bites_only_where_they_pay():
     more prompt tokens), a dense model keeps the paper's 512-token bite (its iteration is mostly the bite's flops)."""
     for cost, bigger in ((MOE, True), (DENSE, False)):
         n = cost.m.layers
-        policy = AdaptivePolicy(tbt_target_s=0.1, iteration_cost=cost.seconds)
-        budget = policy.token_layer_budget(SchedulerView(n, 32, 1, (), 1000, 1000, 32 * 1000))
+        policy = AdaptivePolicy(tbt_target_s=0.1, predict_seconds=cost.seconds)
+        budget = policy.token_layer_budget(SchedulerView(n, decode_rows=32, decode_context=32 * 1000,
+                                                         waiting=Waiting(1, 1000, 1000)))
         assert (budget > 512 * n) is bigger, budget / n
 
 
@@ -78,7 +86,7 @@ def test_hybrid_in_the_simulator_allocates_per_chunk():
     each through every layer, and the KV it holds grows chunk by chunk (a pool too small for the whole prompt
     plus another request's serves both)."""
     reqs = [SimRequest(0, 0.0, 5000, 4), SimRequest(1, 0.0, 300, 40)]
-    sim = Simulator(MOE, "layered", policy=PaperPolicy(), layered_chunk=1024, record=True)
+    sim = Simulator(MOE, "layered", policy=PaperPolicy(chunk_tokens=1024), record=True)
     result = sim.run(reqs)
     assert all(r.done is not None for r in result.requests)
     pieces = [p for _, _, ps, _ in sim.log for p in ps]
@@ -93,8 +101,9 @@ def test_layers_split_by_cost_where_they_differ():
     lite = CostModel(MODELS["DeepSeek-V2-Lite"], H100, tp=1, alpha=1.3)
     costs = lite.layer_costs(512)
     n = len(costs)
-    policy = AdaptivePolicy(layer_costs=costs)
-    groups = policy.partition(6 * 512, n, SchedulerView(n, 8, 1))
+    def split(policy, tokens, layers):
+        return policy.schedule(SchedulerView(layers, decode_rows=8)).admit.groups.split(tokens, layers)
+    groups = split(AdaptivePolicy(layer_costs=costs), 6 * 512, n)
     by_count = tuple(split_layers(n, len(groups)))  # the same number of groups, split by count
     assert len(groups) > 1 and groups != by_count
     assert [i for lo, hi in groups for i in range(lo, hi)] == list(range(n))
@@ -103,5 +112,4 @@ def test_layers_split_by_cost_where_they_differ():
         return max(sum(costs[lo:hi]) for lo, hi in ranges)
     assert heaviest(groups) <= heaviest(by_count)
     alike = MOE.layer_costs(512)
-    assert AdaptivePolicy(layer_costs=alike).partition(3000, len(alike)) == \
-        AdaptivePolicy().partition(3000, len(alike))
+    assert split(AdaptivePolicy(layer_costs=alike), 3000, len(alike)) == split(AdaptivePolicy(), 3000, len(alike))

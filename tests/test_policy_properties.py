@@ -5,13 +5,14 @@ from collections import defaultdict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sgl_layered.core.adaptive import AdaptivePolicy, Switches, split_by_cost
+from sgl_layered.core.adaptive import AdaptivePolicy, Switches
+from sgl_layered.core.hardware import H100
+from sgl_layered.core.paper import PaperPolicy
 from sgl_layered.core.partition import split_layers
-from sgl_layered.core.policy import CohortState, PaperPolicy, SchedulerView
-from sgl_layered.sim.cost import CostModel
+from sgl_layered.core.roofline import CostModel
+from sgl_layered.core.shapes import MODELS
+from sgl_layered.core.step import CohortState, SchedulerView, Waiting, split_by_cost
 from sgl_layered.sim.engine import SimRequest, Simulator
-from sgl_layered.sim.hardware import H100
-from sgl_layered.sim.shapes import MODELS
 
 COST = CostModel(MODELS["Qwen3-30B-A3B"], H100, tp=2, alpha=1.3, overhead_s=0.002)
 DENSE = CostModel(MODELS["Qwen3-8B"], H100, tp=1, overhead_s=0.002)  # where chunked execution gets chosen
@@ -30,9 +31,9 @@ def make(policy):
         "adaptive-eager-join": lambda: (AdaptivePolicy(switches=Switches(eager_join=True)), COST, None),
         "adaptive-target": lambda: (AdaptivePolicy(tbt_target_s=0.05), COST, None),
         "adaptive-no-pipeline": lambda: (AdaptivePolicy(switches=Switches(pipeline=False)), COST, None),
-        "paper-hybrid-700": lambda: (PaperPolicy(), COST, 700),
-        "adaptive-choose-moe": lambda: (AdaptivePolicy(tbt_target_s=0.1, iteration_cost=COST.seconds), COST, None),
-        "adaptive-choose-dense": lambda: (AdaptivePolicy(tbt_target_s=0.1, iteration_cost=DENSE.seconds), DENSE,
+        "paper-hybrid-700": lambda: (PaperPolicy(chunk_tokens=700), COST, 700),
+        "adaptive-choose-moe": lambda: (AdaptivePolicy(tbt_target_s=0.1, predict_seconds=COST.seconds), COST, None),
+        "adaptive-choose-dense": lambda: (AdaptivePolicy(tbt_target_s=0.1, predict_seconds=DENSE.seconds), DENSE,
                                           None),
     }[policy]()
 
@@ -45,7 +46,7 @@ def test_layered_schedule_invariants(reqs, policy):
         t += gap
         sim_reqs.append(SimRequest(i, t, prompt, output))
     policy_obj, cost, hybrid_chunk = make(policy)
-    sim = Simulator(cost, "layered", policy=policy_obj, record=True, layered_chunk=hybrid_chunk)
+    sim = Simulator(cost, "layered", policy=policy_obj, record=True)
     result = sim.run(sim_reqs)
     n = cost.m.layers
     # Every request got all its tokens, first token after arrival, gaps non-negative.
@@ -53,7 +54,7 @@ def test_layered_schedule_invariants(reqs, policy):
         assert r.done is not None and len(r.token_times) == r.output
         assert r.first_token >= r.arrival
     by_cohort, cohort_tokens = defaultdict(list), {}
-    for step, (time_, decode_rows, pieces, budget) in enumerate(sim.log):
+    for step, (time_, decode_rows, pieces, _) in enumerate(sim.log):
         ranges = sorted(layers for _, layers, _ in pieces)
         assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:])), "pieces overlap in layers"
         for cid, layers, tokens in pieces:
@@ -63,7 +64,7 @@ def test_layered_schedule_invariants(reqs, policy):
                 assert tokens <= hybrid_chunk, "a hybrid cohort carries at most one chunk"
         if policy in ("adaptive", "adaptive-eager-join") and len(pieces) > 1:
             # A pipelined cohort is only admitted within the iteration's prefill budget (the paper's work).
-            assert sum(tok * (lay[1] - lay[0]) for _, lay, tok in pieces) <= budget
+            assert sum(tok * (lay[1] - lay[0]) for _, lay, tok in pieces) <= 512 * n
     for cid, steps in by_cohort.items():
         layers = [i for _, (lo, hi) in steps for i in range(lo, hi)]
         assert layers == list(range(n)), f"cohort {cid} ran layers {layers}"  # none skipped or repeated, in order
@@ -84,7 +85,7 @@ def test_split_by_cost_balances_dense_first_layer():
 def _view_beside(cohort_next_group, head, waiting_tokens):
     """An 8-layer model, two requests decoding, one 1700-token cohort in four 2-layer groups in flight."""
     a = CohortState(0, 1700, ((0, 2), (2, 4), (4, 6), (6, 8)), cohort_next_group)
-    return SchedulerView(8, 2, 2, (a,), head_waiting_tokens=head, waiting_tokens=waiting_tokens, decode_context=400)
+    return SchedulerView(8, decode_rows=2, decode_context=400, cohorts=(a,), waiting=Waiting(2, head, waiting_tokens))
 
 
 def test_short_prompt_waits_instead_of_joining_a_longer_partition():
@@ -92,15 +93,16 @@ def test_short_prompt_waits_instead_of_joining_a_longer_partition():
     it runs whole right after A: first token after 1 + 1 iterations instead of 4. eager_join joins anyway."""
     view = _view_beside(3, 54, 54)
     assert AdaptivePolicy().admission_token_cap(view) >= 54  # the budget is not what holds it back
-    assert not AdaptivePolicy().may_admit(view)
-    assert AdaptivePolicy(switches=Switches(eager_join=True)).may_admit(view)
+    assert AdaptivePolicy().schedule(view).admit is None
+    assert AdaptivePolicy(switches=Switches(eager_join=True)).schedule(view).admit is not None
 
 
 def test_prompt_joins_when_waiting_would_finish_later():
     """Behind A's second group with 2000 tokens queued: waiting means 3 more iterations of A, then the queue's own
     4 groups (7); joining now gives the head its first token after A's 4."""
-    assert AdaptivePolicy().may_admit(_view_beside(1, 300, 2000))
-    assert not AdaptivePolicy().may_admit(_view_beside(1, 300, 300))  # alone it would need 3 + 1: a tie waits
+    joined = AdaptivePolicy().schedule(_view_beside(1, 300, 2000)).admit
+    assert joined is not None and joined.groups.shared == ((0, 2), (2, 4), (4, 6), (6, 8))
+    assert AdaptivePolicy().schedule(_view_beside(1, 300, 300)).admit is None  # alone: 3 + 1, a tie waits
 
 
 @given(tokens=st.integers(1, 512 * 8), layers=st.integers(1, 94))
@@ -110,7 +112,7 @@ def test_adaptive_groups_stay_within_the_budget_and_are_fewest(tokens, layers):
     budget = 512 * layers
     if tokens > budget:
         return
-    groups = AdaptivePolicy().partition(tokens, layers, SchedulerView(layers, 2, 1))
+    groups = AdaptivePolicy().schedule(SchedulerView(layers, decode_rows=2)).admit.groups.split(tokens, layers)
     assert [i for lo, hi in groups for i in range(lo, hi)] == list(range(layers))
     assert max(hi - lo for lo, hi in groups) * tokens <= budget
     if len(groups) > 1:

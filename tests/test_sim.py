@@ -3,9 +3,9 @@
 import pytest
 
 from sgl_layered.analysis import workloads
-from sgl_layered.sim.cost import CostModel, PrefillWork, coverage
-from sgl_layered.sim.hardware import H100
-from sgl_layered.sim.shapes import MODELS
+from sgl_layered.core.roofline import CostModel, PromptWork, coverage
+from sgl_layered.core.hardware import H100
+from sgl_layered.core.shapes import MODELS
 from sgl_layered.sim.sweep import Scenario, max_slo_rate
 
 QWEN = MODELS["Qwen3-30B-A3B"]
@@ -25,17 +25,17 @@ def test_zipf_coverage_is_lower_and_reproduces_trained_router_figures():
 def test_cost_model_behaves():
     one, two = CostModel(QWEN, H100, tp=1), CostModel(QWEN, H100, tp=2)
     decode = [2000] * 32
-    small = one.iteration(decode, [PrefillWork(512, 0, (0, 48))])
-    big = one.iteration(decode, [PrefillWork(4096, 0, (0, 48))])
+    small = one.iteration(decode, [PromptWork(512, 0, (0, 48))])
+    big = one.iteration(decode, [PromptWork(4096, 0, (0, 48))])
     assert big.seconds > small.seconds > one.iteration(decode, []).seconds
-    assert two.iteration(decode, [PrefillWork(4096, 0, (0, 48))]).seconds < big.seconds
+    assert two.iteration(decode, [PromptWork(4096, 0, (0, 48))]).seconds < big.seconds
     # Chunking a prompt reloads experts once per chunk; one layered pass loads each once per layer.
-    chunks = sum(one.iteration(decode, [PrefillWork(512, 512 * i, (0, 48))]).prefill_expert_bytes for i in range(8))
-    layered = one.iteration(decode, [PrefillWork(4096, 0, (0, 48))]).prefill_expert_bytes
+    chunks = sum(one.iteration(decode, [PromptWork(512, 512 * i, (0, 48))]).prefill_expert_bytes for i in range(8))
+    layered = one.iteration(decode, [PromptWork(4096, 0, (0, 48))]).prefill_expert_bytes
     assert layered < chunks / 3
     # A layer range costs only its layers.
-    half = one.iteration([], [PrefillWork(4096, 0, (0, 24))]).seconds
-    assert half == pytest.approx(one.iteration([], [PrefillWork(4096, 0, (24, 48))]).seconds)
+    half = one.iteration([], [PromptWork(4096, 0, (0, 24))]).seconds
+    assert half == pytest.approx(one.iteration([], [PromptWork(4096, 0, (24, 48))]).seconds)
 
 
 @pytest.mark.parametrize("workload,ttft_slo,rates", [

@@ -12,6 +12,26 @@ from __future__ import annotations
 
 import torch
 
+# Per-row operands some backends' callers pass besides q/k/v (MLA's rope parts on the absorbed path with fa3 or
+# FlashInfer; FP8 descales): each half gets its own rows. The same names SGLang narrows per token for its own splits.
+PER_ROW_KWARGS = ("q_rope", "k_rope", "topk_indices", "rel_bias", "q_descale", "k_descale", "v_descale")
+
+
+def _split_kwargs(kwargs: dict, rows: int, total: int):
+    prompt, decode = dict(kwargs), dict(kwargs)
+    for name, value in kwargs.items():
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != total:
+            continue
+        if name not in PER_ROW_KWARGS:
+            raise RuntimeError(f"fused attention cannot split the per-row argument {name!r} between prompt and "
+                               "decode rows (a model or backend the row split was not built for)")
+        prompt[name], decode[name] = value[:rows], value[rows:]
+    return prompt, decode
+
+
+def _rows(x, rows: slice):
+    return None if x is None else x[rows]  # MLA's absorbed path may pass no separate v
+
 
 class RowSplitAttention:
     def __init__(self, prefill_backend, prefill_batch, decode_backend, decode_batch):
@@ -27,11 +47,13 @@ class RowSplitAttention:
 
     def forward(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         n = self.prefill_rows
-        if q.shape[0] != n + int(self.decode_batch.input_ids.shape[0]):
-            raise RuntimeError(f"fused attention got {q.shape[0]} rows, expected {n} prompt + "
-                               f"{self.decode_batch.input_ids.shape[0]} decode rows")
-        prompt = self.prefill_backend.forward(q[:n], k[:n], v[:n], layer, self.prefill_batch,
-                                              save_kv_cache, **kwargs)
-        decode = self.decode_backend.forward(q[n:], k[n:], v[n:], layer, self.decode_batch,
-                                             save_kv_cache, **kwargs)
+        total = n + int(self.decode_batch.input_ids.shape[0])
+        if q.shape[0] != total:
+            raise RuntimeError(f"fused attention got {q.shape[0]} rows, expected {n} prompt + {total - n} decode rows")
+        prompt_kwargs, decode_kwargs = _split_kwargs(kwargs, n, total)
+        head, tail = slice(0, n), slice(n, None)
+        prompt = self.prefill_backend.forward(q[head], _rows(k, head), _rows(v, head), layer, self.prefill_batch,
+                                              save_kv_cache, **prompt_kwargs)
+        decode = self.decode_backend.forward(q[tail], _rows(k, tail), _rows(v, tail), layer, self.decode_batch,
+                                             save_kv_cache, **decode_kwargs)
         return torch.cat([prompt.reshape(n, -1), decode.reshape(decode.shape[0], -1)])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from typing import Optional, Tuple
 
-from sgl_layered.core.policy import CohortState
+from sgl_layered.core.step import CohortState
 from sgl_layered.runtime.stash import Activations
 
 _ids = itertools.count()
@@ -25,6 +25,8 @@ class Cohort:
         self.next_group = 0
         self.new_tokens = int(batch.extend_num_tokens)
         self.forward_batch = None  # built on the first pass, reused by every later pass
+        self.input_embeds = None  # the prompt's embeddings where the requests brought their own (input_embeds)
+        self.backend = None  # the attention-backend instance planned for its prompt rows, while in flight
         self.stash: Optional[Activations] = None  # activations between passes
         self.logits = None  # LogitsProcessorOutput of the last pass
         # Chunk x layer hybrid: the request SGLang is chunking, held aside while this chunk is mid-layers (SGLang
@@ -44,10 +46,7 @@ class Cohort:
             raise RuntimeError(f"cohort {self.cohort_id} ran {layers}, expected {self.groups[self.next_group]}")
         self.next_group += 1
 
-    @property
-    def done(self) -> bool:
-        return self.next_group == len(self.groups)
-
     def release_activations(self) -> None:
         self.stash = None
         self.logits = None
+        self.input_embeds = None

@@ -1,5 +1,5 @@
-"""The roofline cost model the adaptive policy predicts with (its "choose" switch): the simulator's per-layer model,
-fed the served model's shape from its HF config and a hardware profile picked by device."""
+"""The roofline cost model the adaptive policy predicts with (its "choose" switch): the core's per-layer model (the
+simulator uses the same), fed the served model's shape from its HF config and a hardware profile picked by device."""
 
 from __future__ import annotations
 
@@ -7,19 +7,19 @@ import logging
 from typing import Optional
 
 from sgl_layered.core.config import LayeredConfig
-from sgl_layered.sim.cost import CostModel
-from sgl_layered.sim.hardware import ITERATION_OVERHEAD_S, PROFILES
-from sgl_layered.sim.shapes import ModelShape
+from sgl_layered.core.hardware import ITERATION_OVERHEAD_S, PROFILES
+from sgl_layered.core.roofline import CostModel
+from sgl_layered.core.shapes import ModelShape
 
 logger = logging.getLogger("sgl_layered")
 
-GPU_ITERATION_OVERHEAD_S = 0.002  # scheduling, sampling, embedding and LM head: the simulator's figure
+GPU_ITERATION_OVERHEAD_S = 0.002  # scheduling, sampling, embedding and LM head (the simulator's GPU figure)
 
 
 def model_shape(hf_config, dtype_bytes: int) -> ModelShape:
     """Layers, attention and (MoE) FFN widths of a Qwen3-MoE / Qwen2-MoE / Mixtral / Llama / Qwen3 / DeepSeek-V2
     config."""
-    if getattr(hf_config, "kv_lora_rank", None):  # DeepSeek-V2 (MLA), as sim/shapes.py describes DeepSeek-V2-Lite
+    if getattr(hf_config, "kv_lora_rank", None):  # DeepSeek-V2 (MLA), as core/shapes.py describes DeepSeek-V2-Lite
         c = hf_config
         rope = int(c.qk_rope_head_dim)
         return ModelShape(
@@ -59,7 +59,7 @@ def profile_name(config: LayeredConfig, on_cpu: bool, device_name: str) -> Optio
 
 def cost_model(config: LayeredConfig, hf_config, dtype_bytes: int, tp_size: int, on_cpu: bool,
                device_name: str) -> Optional[CostModel]:
-    """The roofline model (its `seconds` is the policy's IterationCost predictor, its `layer_costs` the per-layer
+    """The roofline model (its `seconds` is the policy's SecondsPredictor, its `layer_costs` the per-layer
     split), or None (logged) when the policy does not choose or no profile fits this device."""
     if config.layered_prefill_policy != "adaptive" or "choose" not in config.switches:
         return None

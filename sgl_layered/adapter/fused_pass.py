@@ -116,11 +116,11 @@ def _no_row_outputs(extra) -> None:
 
 
 class PromptPass:
-    def __init__(self, model, cohort, layers, prefill_backend):
+    def __init__(self, model, cohort, layers):
         self.model = model
         self.cohort = cohort
         self.start, self.end = layers
-        self.prefill_backend = prefill_backend
+        self.prefill_backend = cohort.backend  # its metadata was planned before the forward
         self.embed, self.layer_list, self.final_norm = layer_stack(model)
         self.spec = spec_of_layer(self.layer_list[self.start])
         self.index = {id(layer): i for i, layer in enumerate(self.layer_list)}
@@ -152,7 +152,6 @@ class PromptPass:
 
     def _join(self, decode_hidden, decode_batch):
         prompt_batch = self.cohort.forward_batch
-        self.prefill_backend.init_forward_metadata(prompt_batch)
         self.attention = RowSplitAttention(self.prefill_backend, prompt_batch, get_attn_backend(), decode_batch)
         self.view = fused_view(prompt_batch, decode_batch)
         both = join(self._prompt_in(), export_activations(decode_hidden, decode_batch))
@@ -170,7 +169,6 @@ class PromptPass:
         recorder = get_global_expert_distribution_recorder()
         with forward_context(ForwardContext(attn_backend=self.prefill_backend), forward_batch=prompt_batch), \
                 get_model().override(shared_experts=self.model.shared_experts_config):
-            self.prefill_backend.init_forward_metadata(prompt_batch)
             hidden = import_activations(self._prompt_in(), prompt_batch)
             args = (_zero_allocator(self.end - self.start, hidden.device),) if self.spec.zero_allocator else ()
             for i in range(self.start, self.end):
@@ -185,7 +183,8 @@ class PromptPass:
     # -- cohort activations in and out --------------------------------------------------------------
     def _prompt_in(self) -> Activations:
         if self.start == 0:
-            return Activations(self.embed(self.cohort.forward_batch.input_ids), None)
+            embeds = self.cohort.input_embeds  # a request's own input_embeds (replace_embeds applied), if any
+            return Activations(self.embed(self.cohort.forward_batch.input_ids) if embeds is None else embeds, None)
         stash, self.cohort.stash = self.cohort.stash, None
         if stash is None:
             raise RuntimeError(f"cohort {self.cohort.cohort_id} has no activations to resume at layer {self.start}")

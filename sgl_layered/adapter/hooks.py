@@ -76,27 +76,111 @@ HOOKS: tuple = (
 )
 
 
-# SGLang names the adapter calls directly (besides the hooked seams). They are part of the contract with the
-# pinned release; tests/test_patches.py checks that each still exists.
-CALLED: tuple = (
-    "sglang.srt.model_executor.model_runner.ModelRunner._get_attention_backend",
-    "sglang.srt.model_executor.model_runner.ModelRunner._prepare_eager_forward_batch",
-    "sglang.srt.model_executor.model_runner.ModelRunner.sample",
-    "sglang.srt.models.deepseek_common.attention_backend_handler._dispatch_mla_subtype",
-    "sglang.srt.managers.scheduler.Scheduler._relay_forward_payload",
-    "sglang.srt.managers.scheduler.Scheduler._copy_auxiliary_output_to_cpu",
-    "sglang.srt.managers.scheduler.Scheduler.update_running_batch",
+# Every SGLang internal the adapter calls, reads, writes or overrides, besides the hooked seams above. tests/test_patches.py
+# checks each against the pinned wheel (methods and functions exist; instance attributes are assigned in the owning
+# class's source or are dataclass fields), and that the adapter's source touches no Scheduler or ModelRunner name
+# missing from this table.
+CALL, READ, WRITE, OVERRIDE = "call", "read", "write", "override"
+
+
+@dataclass(frozen=True)
+class Internal:
+    owner: str  # dotted path of an SGLang module or class
+    names: tuple  # attributes, methods or functions of it
+    use: str  # CALL, READ, WRITE (read and written) or OVERRIDE (a Scheduler method our subclass overrides)
+    why: str
+
+
+_SCHED = "sglang.srt.managers.scheduler.Scheduler"
+_RUNNER = "sglang.srt.model_executor.model_runner.ModelRunner"
+_BATCH = "sglang.srt.managers.schedule_batch.ScheduleBatch"
+_REQ = "sglang.srt.managers.schedule_batch.Req"
+_FB = "sglang.srt.model_executor.forward_batch_info.ForwardBatch"
+
+SURFACE: tuple = (
+    # -- the Scheduler subclass (installed by the REPLACE hook) -------------------------------------------------
+    Internal(_SCHED, ("__init__", "get_init_info", "get_internal_state"), OVERRIDE,
+             "verify our hooks, build the layered runtime; report it in the rank handshake and server info"),
+    Internal(_SCHED, ("_add_request_to_queue",), OVERRIDE,
+             "refuse empty prompts and out-of-vocabulary ids with a clear abort (they kill stock's scheduler)"),
+    Internal(_SCHED, ("get_next_batch_to_run", "_should_defer_prefill", "get_prefill_adder_class"), OVERRIDE,
+             "one policy decision per iteration (taken where SGLang knows the decode batch), admission under its "
+             "limits, the admitted batch turned into a cohort"),
+    Internal(_SCHED, ("_poll_timeout_aborts", "process_input_requests"), OVERRIDE,
+             "the TP leader's iteration times ride SGLang's request broadcast, so every rank's policy learns alike"),
+    Internal(_SCHED, ("run_batch", "process_batch_result"), OVERRIDE,
+             "run the fused pass; process decode rows and each cohort that sampled; time iterations"),
+    Internal(_SCHED, ("_collect_inflight_batches", "abort_request", "is_fully_idle"), OVERRIDE,
+             "cohorts mid-layers count as in flight for SGLang's bookkeeping, aborts and idle checks"),
+    Internal(_SCHED, ("update_running_batch", "_relay_forward_payload", "_copy_auxiliary_output_to_cpu",
+                      "_release_aborted_request", "send_abort_output", "_add_request_to_queue"), CALL,
+             "what SGLang does after admitting a prefill, after sampling, and when it drops an aborted request"),
+    Internal(_SCHED, ("tp_worker", "server_args", "model_config", "waiting_queue", "running_batch",
+                      "max_prefill_tokens", "future_map", "tree_cache", "token_to_kv_pool_allocator",
+                      "req_to_token_pool", "max_total_num_tokens", "enable_overlap", "is_mixed_chunk",
+                      "chunked_prefill_size", "spec_algorithm", "require_mlp_sync", "grammar_manager"), READ,
+             "the scheduler state a Step is decided from, resolved settings re-checked at start, pools for leak checks"),
+    Internal(_SCHED, ("chunked_req", "forward_ct", "_pending_chunked_abort_req"), WRITE,
+             "hold a hybrid chunk aside while it is mid-layers; count a cohort-only forward; end an aborted held chunk"),
+    Internal("sglang.srt.constrained.grammar_manager.GrammarManager",
+             ("has_waiting_grammars", "get_ready_grammar_requests"), CALL,
+             "move requests whose grammar compiled into the waiting queue while a cohort is in flight (SGLang polls "
+             "only inside its admission)"),
+    Internal("sglang.srt.managers.schedule_policy.PrefillAdder", ("__init__",), CALL,
+             "built with the Step's token cap and chunk size (parameters rem_input_tokens, rem_chunk_tokens)"),
+    Internal("sglang.srt.managers.scheduler", ("_make_abort_req",), CALL, "the abort output of a dropped cohort"),
+    # -- the model runner -----------------------------------------------------------------------------------------
+    Internal(_RUNNER, ("_get_attention_backend", "_prepare_eager_forward_batch", "_extend_forward_kwargs", "sample"),
+             CALL, "the prompt rows' attention-backend instance; a cohort's forward batch prepared, embedded (a "
+                   "request's input_embeds) and sampled as stock"),
+    Internal(_RUNNER, ("model", "model_config", "dtype", "device", "attn_backend"), READ,
+             "layer stack, shapes and the decode backend"),
+    Internal(_RUNNER, ("init_new_workspace",), WRITE, "restored after building the prompt rows' backend"),
+    # -- batches and requests -------------------------------------------------------------------------------------
+    Internal(_BATCH, ("reqs", "forward_mode", "extend_num_tokens", "extend_lens", "decoding_reqs", "return_logprob",
+                      "return_hidden_states", "extend_logprob_start_lens", "req_pool_indices", "batch_size",
+                      "is_empty"), READ, "cohorts are SGLang's own prefill batches"),
+    Internal(_BATCH, ("input_ids", "forward_iter", "launch_ts", "after_idle_gap"), WRITE,
+             "what SGLang's run_batch records on a prefill batch, for the cohort's first tokens and step metrics"),
+    Internal(_REQ, ("rid", "origin_input_ids", "output_ids", "prefix_len", "inflight_middle_chunks", "finished",
+                    "set_finish_with_abort"), READ, "the view's queue summary, abort matching, input checks"),
+    Internal(_REQ, ("to_finish", "finished_reason"), WRITE, "a cohort whose requests were all aborted is dropped"),
+    Internal(_FB, ("init_new", "set_local_num_token_non_padded"), CALL, "a cohort's forward batch, the fused view"),
+    Internal(_FB, ("forward_mode", "batch_size", "input_ids", "input_embeds", "positions", "out_cache_loc",
+                   "req_pool_indices", "seq_lens", "seq_lens_cpu", "seq_lens_sum", "extend_num_tokens",
+                   "extend_seq_lens", "extend_prefix_lens", "extend_start_loc", "extend_seq_lens_cpu",
+                   "extend_prefix_lens_cpu", "global_num_token_non_padded_cpu", "global_num_token_non_padded",
+                   "attn_tp_sequence_sharded", "sampling_info", "return_logprob", "extend_logprob_start_lens_cpu",
+                   "rids", "residual_stream", "is_prefill_only"), WRITE,
+             "the fused view: the cohort's prompt rows followed by the decode rows as one MIXED batch"),
+)
+
+# Module-level SGLang functions, classes and constants the adapter imports (besides the hook targets).
+IMPORTED: tuple = (
+    "sglang.srt.managers.schedule_batch.NextBatchPlan",
+    "sglang.srt.managers.schedule_batch.FINISH_ABORT",
+    "sglang.srt.managers.utils.GenerationBatchResult",
     "sglang.srt.managers.overlap_utils.resolve_forward_inputs",
-    "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new",
-    "sglang.srt.model_executor.forward_batch_info.ForwardBatch.set_local_num_token_non_padded",
+    "sglang.srt.mem_cache.common.release_kv_cache",
+    "sglang.srt.model_executor.forward_batch_info.ForwardMode",
+    "sglang.srt.model_executor.forward_context.ForwardContext",
     "sglang.srt.model_executor.forward_context.forward_context",
     "sglang.srt.model_executor.forward_context.get_attn_backend",
+    "sglang.srt.runtime_context.get_parallel",
+    "sglang.srt.runtime_context.get_observability",
+    "sglang.srt.runtime_context.get_model",
     "sglang.srt.layers.layer_boundary.residual.batch.start",
     "sglang.srt.layers.layer_boundary.residual.batch.stream_of",
     "sglang.srt.layers.layer_boundary.residual.batch.clear",
     "sglang.srt.layers.layer_boundary.residual.batch.final_norm",
     "sglang.srt.layers.layer_boundary.residual.stream.ResidualStream.from_handoff",
     "sglang.srt.layers.layer_boundary.residual.stream.ResidualStream.export",
+    "sglang.srt.eplb.expert_distribution.get_global_expert_distribution_recorder",
+    "sglang.srt.utils.common.BumpAllocator",
+    "sglang.srt.models.deepseek_common.attention_backend_handler._dispatch_mla_subtype",
+    "sglang.srt.plugins.hook_registry.HookRegistry",
+    "sglang.srt.plugins.hook_registry.HookType",
+    "sglang.srt.entrypoints.engine.Engine",
 )
 
 

@@ -1,7 +1,9 @@
-"""Layered iterations inside one SGLang scheduler process: admit, plan, run and finish prompt cohorts."""
+"""Layered iterations inside one SGLang scheduler process: one policy decision per iteration, then admit, run and
+finish prompt cohorts."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,20 +17,25 @@ from sglang.srt.managers.utils import GenerationBatchResult
 from sglang.srt.mem_cache.common import release_kv_cache
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 
-from sgl_layered.core.adaptive import AdaptivePolicy, Switches
-from sgl_layered.core.config import SWITCHES, LayeredConfig
-from sgl_layered.core.policy import PaperPolicy, Piece, SchedulerView
+from sgl_layered.core.config import LayeredConfig
+from sgl_layered.core.policies import make_policy
+from sgl_layered.core.step import Admit, Measurement, Piece, SchedulerView, Step, Waiting, token_layers
 
 from . import cost_profile, fused_pass
+from .admission import adder_with_limits
 from .cohort import Cohort
 
 logger = logging.getLogger("sgl_layered")
+
+# Waiting requests whose prompt lengths the view sums (a queue of many tiny prompts reads as at most this many).
+WAITING_SUMMARY = 64
 
 
 @dataclass
 class Iteration:
     pieces: List[Tuple[Piece, Cohort]]
     decode_batch: Optional[object]  # ScheduleBatch in DECODE mode, or None when nothing is decoding
+    admit: Optional[Admit] = None  # the Step's admission (for the trace)
 
     @property
     def host_batch(self):
@@ -37,27 +44,13 @@ class Iteration:
 
     @property
     def token_layers(self) -> int:
-        return sum(p.tokens * (p.layers[1] - p.layers[0]) for p, _ in self.pieces)
+        return token_layers([p for p, _ in self.pieces])
 
 
 @dataclass
 class LayeredResult:
     decode: Optional[GenerationBatchResult]
     finished: List[Tuple[Cohort, GenerationBatchResult]] = field(default_factory=list)  # cohorts that sampled
-
-
-def make_policy(config: LayeredConfig, hidden_size: int, dtype_bytes: int, iteration_cost=None, layer_costs=None):
-    if config.layered_prefill_policy == "paper":
-        return PaperPolicy(groups=config.fixed_groups, tokens_per_group=config.layered_prefill_group_tokens)
-    on = set(config.switches)
-    target = config.layered_prefill_tbt_target_ms
-    return AdaptivePolicy(
-        tbt_target_s=target / 1e3 if target is not None else None,
-        switches=Switches(**{name: name in on for name in SWITCHES}),
-        tokens_per_group=config.layered_prefill_group_tokens,
-        stash_budget_bytes=config.layered_prefill_stash_budget_mb * 2 ** 20,
-        stash_bytes_per_token=2 * hidden_size * dtype_bytes,  # hidden + residual per prompt row
-        iteration_cost=iteration_cost, layer_costs=layer_costs)
 
 
 class LayeredRuntime:
@@ -75,89 +68,135 @@ class LayeredRuntime:
         self.policy = make_policy(config, int(model_config.hidden_size), dtype_bytes,
                                   model.seconds if model is not None else None,
                                   model.layer_costs(config.layered_prefill_group_tokens) if model is not None else None)
-        self.hybrid_chunk_tokens = config.layered_prefill_chunk_tokens
-        self._chunk_lent: Optional[int] = None  # the chunk size SGLang's chunked request was admitted with
+        self.step: Optional[Step] = None  # this iteration's decision, made once SGLang knows its decode batch
+        self.policy_ns = 0
+        self._chunking: Optional[Admit] = None  # the admission SGLang's chunked request started with
         self.cohorts: List[Cohort] = []
-        self.completed: List[Cohort] = []  # finished last iteration; merge into the running batch next
-        self._prefill_backend = None
+        self.finished: List[Cohort] = []  # ran their last group last iteration; merge into the running batch next
+        # One attention-backend instance per cohort that can be in flight, for its prompt rows: each cohort's
+        # metadata is planned once, before its first forward, and serves all its groups (its KV slots and page
+        # table are fixed at admission). Built now, at start-up, beside SGLang's own backends.
+        self._free_backends = [self._new_prompt_backend() for _ in range(self.policy.max_cohorts)]
 
-    # -- scheduling ---------------------------------------------------------------------------------
-    def view(self, decode_batch) -> SchedulerView:
-        waiting = list(self.scheduler.waiting_queue)
-        chunked = self.scheduler.chunked_req
-        if chunked is not None:  # a chunked prompt's next chunk waits first (hybrid mode)
-            waiting.insert(0, chunked)
-        head = len(waiting[0].origin_input_ids) if waiting else 0
-        waiting_tokens = sum(len(r.origin_input_ids) for r in waiting)
-        if chunked is not None:
-            waiting_tokens -= min(int(chunked.prefix_len), len(chunked.origin_input_ids))
-        reqs = decode_batch.reqs if decode_batch is not None else ()
-        context = sum(len(r.origin_input_ids) + len(r.output_ids) for r in reqs)
-        return SchedulerView(self.num_layers, len(reqs), len(waiting), tuple(c.state() for c in self.cohorts), head,
-                             waiting_tokens, context)
+    # -- the decision -------------------------------------------------------------------------------
+    def view(self, running_batch) -> SchedulerView:
+        """The scheduler's state as plain data, identical on every rank (SGLang keeps queues and batches identical
+        across ranks). The waiting queue is summarised at a cost that does not grow with it: its length, its head,
+        and the prompt lengths of its first WAITING_SUMMARY requests up to what one admission can take."""
+        s = self.scheduler
+        queue, chunked = s.waiting_queue, s.chunked_req
+        head = chunked if chunked is not None else (queue[0] if queue else None)
+        limit = int(s.max_prefill_tokens)
+        admissible = len(chunked.origin_input_ids) - min(int(chunked.prefix_len), len(chunked.origin_input_ids)) \
+            if chunked is not None else 0
+        for req in itertools.islice(queue, WAITING_SUMMARY):
+            if admissible >= limit:
+                break
+            admissible += len(req.origin_input_ids)
+        reqs = running_batch.reqs
+        return SchedulerView(
+            num_layers=self.num_layers, decode_rows=len(reqs),
+            decode_context=sum(len(r.origin_input_ids) + len(r.output_ids) for r in reqs),
+            cohorts=tuple(c.state() for c in self.cohorts),
+            waiting=Waiting(len(queue) + (chunked is not None), len(head.origin_input_ids) if head else 0,
+                            min(admissible, limit)),
+            # A chunk mid-layers: SGLang continues that request's chunks first, once this chunk is done.
+            admission_open=not self.held_chunked_reqs(),
+            chunking=self._chunking if chunked is not None else None)
 
-    def may_admit(self, running_batch) -> bool:
-        if self.held_chunked_reqs():  # SGLang continues that request's chunks first, once this chunk is done
-            return False
-        return self.policy.may_admit(self.view(running_batch))
+    def schedule(self, running_batch) -> Step:
+        """The iteration's one policy call (SGLang's _should_defer_prefill seam: the decode batch is final there)."""
+        self._poll_grammars()
+        start = time.perf_counter_ns()
+        self.step = self.policy.schedule(self.view(running_batch))
+        self.policy_ns = time.perf_counter_ns() - start  # view + decision, for the trace
+        return self.step
+
+    def _poll_grammars(self) -> None:
+        """SGLang moves requests whose grammar has compiled into the waiting queue only inside its admission, which
+        an iteration without admission skips (grammar requests hung until another request arrived): poll every
+        iteration, as SGLang's admission does, so the policy sees them. SGLang's poll syncs readiness across TP
+        ranks, and every rank calls it here alike. A request whose grammar failed to compile (or that was aborted
+        while compiling) is answered now, as SGLang answers a request aborted while queued, rather than after
+        waiting for admission and a prefill."""
+        grammars = self.scheduler.grammar_manager
+        if not grammars.has_waiting_grammars():
+            return
+        for req in grammars.get_ready_grammar_requests():
+            if isinstance(req.to_finish, FINISH_ABORT):
+                req.finished_reason, req.to_finish = req.to_finish, None
+                self.scheduler._release_aborted_request(req)
+                self.scheduler.send_abort_output(_make_abort_req(req, req.finished_reason.to_json()), req)
+            else:
+                self.scheduler._add_request_to_queue(req)
+
+    def make_prefill_adder(self, adder_class):
+        """SGLang's PrefillAdder with the admission limits of this iteration's Step: at most `token_cap` new tokens,
+        chunks of `chunk_tokens` (chunked execution or the chunk x layer hybrid)."""
+        admit = self.step.admit if self.step is not None else None
+        if admit is None:
+            return adder_class
+        return adder_with_limits(adder_class, admit.token_cap, admit.chunk_tokens)
+
+    def observe(self, measurement: Measurement) -> None:
+        """Feedback from the TP leader's measurement, received by every rank through SGLang's request broadcast."""
+        self.policy.observe(measurement)
 
     def held_chunked_reqs(self) -> list:
         return [c.chunked_req for c in self.cohorts if c.chunked_req is not None]
 
-    def admission(self, running_batch) -> Tuple[Optional[int], Optional[int]]:
-        """(token cap, chunk size) for SGLang's admission call. The chunk size: the policy's, when it chooses
-        chunked execution; else the hybrid's (--layered-prefill-chunk-tokens); a request SGLang is still chunking
-        keeps the size it was admitted with."""
-        view = self.view(running_batch)
-        decide = getattr(self.policy, "admission", None)
-        if decide is not None:
-            a = decide(view)
-            cap, chunk = a.token_cap, a.chunk_tokens or self.hybrid_chunk_tokens
-        else:
-            cap, chunk = None, self.hybrid_chunk_tokens
-        if chunk is None and (self.scheduler.chunked_req is not None or self.held_chunked_reqs()):
-            chunk = self._chunk_lent
-        self._chunk_lent = chunk or self._chunk_lent
-        return cap, chunk
-
-    def admit(self, batch, running_batch) -> Cohort:
-        groups = self.policy.partition(int(batch.extend_num_tokens), self.num_layers, self.view(running_batch))
-        cohort = Cohort(batch, groups)
+    # -- admission and the iteration ----------------------------------------------------------------
+    def admit(self, batch) -> Cohort:
+        """SGLang's admission built this prefill batch under the Step's limits: it becomes a cohort, split by the
+        Step's rule now that its new-token count is known."""
+        admit = self.step.admit if self.step is not None else None
+        if admit is None:
+            raise RuntimeError("SGLang admitted a prefill batch in an iteration whose Step admits nothing")
+        cohort = Cohort(batch, admit.groups.split(int(batch.extend_num_tokens), self.num_layers))
         chunked = self.scheduler.chunked_req
         if chunked is not None and any(r is chunked for r in batch.reqs):
+            # The chunk runs its layer groups first; SGLang gets the request back (and chunks on) when it finishes.
             cohort.chunked_req, self.scheduler.chunked_req = chunked, None
+            self._chunking = admit
         self.cohorts.append(cohort)
         logger.debug("layered prefill: cohort %d admitted, %d requests, %d new tokens, groups %s",
-                     cohort.cohort_id, len(batch.reqs), cohort.new_tokens, groups)
+                     cohort.cohort_id, len(batch.reqs), cohort.new_tokens, cohort.groups)
         return cohort
 
-    def next_iteration(self, decode_batch) -> Optional[Iteration]:
-        if not self.cohorts:
-            return None
-        plan = self.policy.plan(self.view(decode_batch))
+    def iteration(self, decode_batch, admitted: Optional[Cohort]) -> Optional[Iteration]:
+        if self.step is None:
+            raise RuntimeError("no scheduling decision this iteration: SGLang did not call _should_defer_prefill")
         by_id = {c.cohort_id: c for c in self.cohorts}
-        return Iteration([(p, by_id[p.cohort_id]) for p in plan.pieces], decode_batch)
+        pieces = [(p, by_id[p.cohort_id]) for p in self.step.pieces]
+        if admitted is not None:
+            pieces.append((self.step.admitted_piece(admitted.cohort_id, admitted.new_tokens, admitted.groups),
+                           admitted))
+        admit, self.step = self.step.admit, None
+        return Iteration(pieces, decode_batch, admit) if pieces else None
 
-    def take_completed(self):
+    def take_finished(self):
         """The batch of the cohort that finished last iteration, merged by SGLang like a finished prefill."""
-        done, self.completed = self.completed, []
+        done, self.finished = self.finished, []
         if len(done) > 1:
             raise RuntimeError("two cohorts finished in one iteration; the pipeline keeps them a group apart")
         return done[0].batch if done else None
 
-    def observe(self, decode_rows: int, token_layers: int, seconds: float) -> None:
-        observe = getattr(self.policy, "observe", None)
-        if observe is not None:
-            observe(decode_rows, token_layers, self.num_layers, seconds)
-
     # -- execution ----------------------------------------------------------------------------------
-    def prefill_backend(self):
-        """A second attention-backend instance whose metadata describes the prompt rows."""
-        if self._prefill_backend is None:
-            self._prefill_backend = self.model_runner._get_attention_backend(init_new_workspace=True)
-        return self._prefill_backend
+    def _new_prompt_backend(self):
+        """An attention-backend instance for a cohort's prompt rows. It shares SGLang's workspace buffer, as SGLang's
+        own hybrid and two-batch-overlap backends do: the prompt rows' attention runs in the same forward, on the
+        same stream, never at the same time as the decode rows'. SGLang leaves its new-workspace flag set when it
+        builds a backend: restored."""
+        runner = self.model_runner
+        saved = runner.init_new_workspace
+        try:
+            return runner._get_attention_backend(init_new_workspace=False)
+        finally:
+            runner.init_new_workspace = saved
 
     def _prepare(self, cohort: Cohort) -> None:
+        """Before the cohort's first forward: its forward batch, its own attention backend with the prompt rows'
+        metadata planned (FlashInfer's plan copies to the host and would drain the queue mid-forward)."""
         if cohort.forward_batch is not None:
             return
         # What SGLang's run_batch records on a prefill batch, for its step metrics.
@@ -168,12 +207,18 @@ class LayeredRuntime:
             cohort.batch, self.model_runner, return_hidden_states_before_norm=False)
         # The preparation SGLang's eager forward gives every batch (token-count bounds, padding).
         self.model_runner._prepare_eager_forward_batch(cohort.forward_batch)
+        # The embeddings SGLang's extend forward would start from when requests bring input_embeds / replace_embeds.
+        cohort.input_embeds = self.model_runner._extend_forward_kwargs(cohort.forward_batch, None).get("input_embeds")
+        if not self._free_backends:
+            raise RuntimeError(f"more cohorts in flight than the policy's maximum ({self.policy.max_cohorts})")
+        cohort.backend = self._free_backends.pop()
+        cohort.backend.init_forward_metadata(cohort.forward_batch)
 
     def run(self, it: Iteration, run_decode_batch) -> LayeredResult:
         passes = []
         for piece, cohort in it.pieces:
             self._prepare(cohort)
-            passes.append(fused_pass.PromptPass(self.model_runner.model, cohort, piece.layers, self.prefill_backend()))
+            passes.append(fused_pass.PromptPass(self.model_runner.model, cohort, piece.layers))
         decode_result = None
         if it.decode_batch is not None:
             with fused_pass.active(passes):
@@ -209,12 +254,20 @@ class LayeredRuntime:
         return result
 
     def finish(self, cohort: Cohort) -> None:
+        """The cohort ran its last group and sampled: it merges into the running batch next iteration."""
         if cohort.chunked_req is not None:  # its chunk's KV is complete: SGLang checkpoints it, chunks on
             self.scheduler.chunked_req, cohort.chunked_req = cohort.chunked_req, None
+        self._retire(cohort)
+        self.finished.append(cohort)
+
+    def _retire(self, cohort: Cohort) -> None:
+        """The cohort runs no further group: drop its activations and forward batch, hand its backend back."""
         cohort.release_activations()
         cohort.forward_batch = None
+        if cohort.backend is not None:
+            self._free_backends.append(cohort.backend)
+            cohort.backend = None
         self.cohorts.remove(cohort)
-        self.completed.append(cohort)
 
     # -- aborts -------------------------------------------------------------------------------------
     def stage_of(self, rid_prefix: str, abort_all: bool = False) -> List[Tuple[str, str]]:
@@ -225,7 +278,7 @@ class LayeredRuntime:
         found = [(r.rid, "queued") for r in self.scheduler.waiting_queue if hit(r)]
         for c in self.cohorts:
             found += [(r.rid, f"layers {c.next_group}/{len(c.groups)}") for r in c.batch.reqs if hit(r)]
-        for c in self.completed:
+        for c in self.finished:
             found += [(r.rid, "decode") for r in c.batch.reqs if hit(r)]
         running = self.scheduler.running_batch
         found += [(r.rid, "decode") for r in running.reqs if hit(r) and not r.finished()]
@@ -236,7 +289,8 @@ class LayeredRuntime:
         its KV slots (never shared: it is not in the radix cache) and stashed activations are freed at once.
         A cohort with some live requests runs on; SGLang ends its aborted ones when it samples, as it ends
         any aborted running request. A chunk of a longer prompt (chunk x layer hybrid) also runs on: SGLang's
-        own chunked-abort path ends that request when the chunk completes. Called between iterations, when no cohort is mid-forward."""
+        own chunked-abort path ends that request when the chunk completes. Called between iterations, when no
+        cohort is mid-forward."""
         cancelled = []
         for cohort in [c for c in self.cohorts if all(isinstance(r.to_finish, FINISH_ABORT) for r in c.batch.reqs)
                        and c.chunked_req is None and not any(r.inflight_middle_chunks > 0 for r in c.batch.reqs)]:
@@ -247,9 +301,7 @@ class LayeredRuntime:
                 release_kv_cache(req, self.scheduler.tree_cache, checkpoint=False)
                 self.scheduler.send_abort_output(_make_abort_req(req), req)
                 cancelled.append(req.rid)
-            cohort.release_activations()
-            cohort.forward_batch = None
-            self.cohorts.remove(cohort)
+            self._retire(cohort)
             logger.info("layered prefill: cohort %d cancelled after %d of %d groups (all requests aborted)",
                         cohort.cohort_id, cohort.next_group, len(cohort.groups))
         return cancelled

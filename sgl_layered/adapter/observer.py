@@ -21,8 +21,10 @@ class IterationObserver:
         self.num_layers = int(model_runner.model_config.num_hidden_layers)
         tp_size = get_parallel().tp_size
         self.trace: Optional[TraceWriter] = None
-        if config.layered_prefill_trace and get_parallel().tp_rank == 0:
-            self.trace = TraceWriter(config.layered_prefill_trace, self.num_layers)
+        if config.layered_prefill_trace:
+            rank = get_parallel().tp_rank
+            path = config.layered_prefill_trace + (f".tp{rank}" if rank else "")
+            self.trace = TraceWriter(path, self.num_layers)
         ledger = None
         if config.layered_prefill_expert_accounting:
             ledger = experts.ExpertLedger(experts.bytes_per_expert(model_runner.model, tp_size),
@@ -40,9 +42,10 @@ class IterationObserver:
             self.metrics = ExpertCounters()
         self._summaries = []
 
-    def begin(self, iteration_no: int, batch, layered_iteration) -> None:
+    def begin(self, iteration_no: int, batch, layered_iteration, scheduling: dict) -> None:
         summary = (describe_layered(layered_iteration) if layered_iteration is not None
                    else describe_stock_batch(batch, self.num_layers))
+        summary["scheduling"] = scheduling
         if self.ledger is not None:
             # Which trailing rows of this forward's MoE calls are decode rows (the fused pass refines it).
             # Decode and layered iterations are decode forwards (the fused layers set their own split);

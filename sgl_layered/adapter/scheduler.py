@@ -16,10 +16,12 @@ from sglang.srt.managers.scheduler import Scheduler
 from sglang.srt.runtime_context import get_observability, get_parallel
 
 from sgl_layered.core.config import LayeredConfig, LayeredConfigError
+from sgl_layered.core.step import Measurement
 
 from . import hooks, settings
 from .layered_step import LayeredResult, LayeredRuntime
 from .observer import IterationObserver
+from .timing import IterationClock, device_waiter
 
 logger = logging.getLogger("sgl_layered")
 
@@ -32,12 +34,18 @@ class LayeredScheduler(Scheduler):
         self._layered = None
         self._layered_iteration = None
         self._observer = None
+        self._clock = None  # on the TP leader: times iterations for the policy's online cost model
+        self._scheduling = {}  # the last scheduling call's timing, for the trace
+        self._measurements = []  # the leader's, waiting to ride SGLang's request broadcast to every rank
         super().__init__(*args, **kwargs)
         cfg = self._sgl_layered_config
         self._sgl_layered_hooks = hooks.verify_scheduler_hooks(cfg)
         if cfg.enable_layered_prefill:
             self._check_resolved_settings()
             self._layered = LayeredRuntime(self, cfg)
+            parallel = get_parallel()
+            if parallel.attn_tp_rank == 0 and parallel.attn_cp_rank == 0 and parallel.pp_rank == 0:
+                self._clock = IterationClock(device_waiter(self.tp_worker.model_runner.device))
             logger.info("layered prefill on: groups=%s (group tokens %d), %d layers",
                         cfg.layered_prefill_groups, cfg.layered_prefill_group_tokens, self._layered.num_layers)
         if cfg.layered_prefill_trace or cfg.needs_expert_hook:
@@ -85,68 +93,85 @@ class LayeredScheduler(Scheduler):
                 req.set_finish_with_abort(problem)
         return super()._add_request_to_queue(req, is_retracted=is_retracted)
 
-    # -- scheduling ---------------------------------------------------------------------------------
-    def _should_defer_prefill(self, running_batch) -> bool:
-        if self._layered is not None and not self._layered.may_admit(running_batch):
-            return True
-        return super()._should_defer_prefill(running_batch)
-
+    # -- scheduling: one policy decision per iteration ---------------------------------------------
     def get_next_batch_to_run(self, running_batch, last_batch):
+        waiting, start = len(self.waiting_queue), time.perf_counter_ns()
+        plan = self._next_batch(running_batch, last_batch)
+        # For the trace: this scheduling call's time (SGLang's admission included) and our policy's share of it.
+        self._scheduling = {"waiting": waiting, "us": (time.perf_counter_ns() - start) / 1e3,
+                            "policy_us": self._layered.policy_ns / 1e3 if self._layered is not None else 0.0}
+        return plan
+
+    def _next_batch(self, running_batch, last_batch):
         self._layered_iteration = None
         if self._layered is None:
             return super().get_next_batch_to_run(running_batch=running_batch, last_batch=last_batch)
         layered = self._layered
-        # The policy may cap the next cohort's size (prefill budget beside cohorts in flight, stash memory) and
-        # ask for chunks (chunked execution, or the chunk x layer hybrid): SGLang's admission reads its per-batch
-        # token limit and chunk size from these attributes; we lend them for this call only. The runtime keeps a
-        # chunked request aside while its chunk runs its layer groups (see LayeredRuntime.admit).
-        (cap, chunk), saved, saved_chunk = layered.admission(running_batch), self.max_prefill_tokens, \
-            self.chunked_prefill_size
-        if cap is not None:
-            self.max_prefill_tokens = max(1, min(saved, cap))
-        if chunk:
-            self.chunked_prefill_size = chunk
-        try:
-            # Only a cohort that finished its last group may merge into the running batch, never one mid-layers.
-            plan = super().get_next_batch_to_run(running_batch=running_batch, last_batch=layered.take_completed())
-        finally:
-            self.max_prefill_tokens = saved
-            self.chunked_prefill_size = saved_chunk
+        # Only a cohort that finished its last group may merge into the running batch, never one mid-layers. SGLang
+        # merges it, drops finished requests, then asks _should_defer_prefill: the policy decides there.
+        plan = super().get_next_batch_to_run(running_batch=running_batch, last_batch=layered.take_finished())
         batch, running = plan.batch_to_run, plan.running_batch
+        admitted = None
         if batch is not None and batch.forward_mode.is_extend():
-            # SGLang chose this prefill batch; we run it group by group instead.
-            layered.admit(batch, running)
+            # SGLang chose this prefill batch under the Step's limits; we run it group by group instead.
+            admitted = layered.admit(batch)
             batch = self.update_running_batch(running) if not running.is_empty() else None
             if batch is not None and batch.is_empty():
                 batch = None
-        iteration = layered.next_iteration(batch)
+        iteration = layered.iteration(batch, admitted)
         if iteration is None:
             return NextBatchPlan(batch_to_run=batch, running_batch=running)
         self._layered_iteration = iteration
         return NextBatchPlan(batch_to_run=iteration.host_batch, running_batch=running)
 
+    def _should_defer_prefill(self, running_batch) -> bool:
+        # SGLang calls this once per scheduling call, after merging the last prefill into the running batch and
+        # dropping finished requests: the decode batch is known, so the iteration's Step is decided here.
+        if self._layered is not None and self._layered.schedule(running_batch).admit is None:
+            return True
+        return super()._should_defer_prefill(running_batch)
+
+    def get_prefill_adder_class(self):
+        adder_class = super().get_prefill_adder_class()
+        return self._layered.make_prefill_adder(adder_class) if self._layered is not None else adder_class
+
+    # -- measurements reach every rank through SGLang's own request broadcast ------------------------
+    def _poll_timeout_aborts(self):
+        # Called on the TP leader only; what it returns rides the broadcast of received requests to every rank
+        # (SGLang sends its timeout aborts this way for the same reason: every rank must decide alike).
+        local = super()._poll_timeout_aborts()
+        measurements, self._measurements = self._measurements, []
+        return [*local, *measurements]
+
+    def process_input_requests(self, recv_reqs):
+        if self._layered is not None and recv_reqs:
+            measured = [r for r in recv_reqs if isinstance(r, Measurement)]
+            if measured:
+                for m in measured:
+                    self._layered.observe(m)
+                recv_reqs = [r for r in recv_reqs if not isinstance(r, Measurement)]
+        self._measurements.clear()  # not shipped this loop (dispatch paused): dropped alike on every rank
+        return super().process_input_requests(recv_reqs)
+
     # -- execution ----------------------------------------------------------------------------------
     def run_batch(self, batch, *args, **kwargs):
         iteration = self._layered_iteration
         if self._observer is not None:
-            self._observer.begin(self.forward_ct + 1, batch, iteration)
-        start = time.perf_counter()
+            self._observer.begin(self.forward_ct + 1, batch, iteration, self._scheduling)
+        if self._clock is not None:
+            self._clock.start()
         if iteration is None:
             result = super().run_batch(batch, *args, **kwargs)
         else:
             result = self._layered.run(iteration, super().run_batch)
-        if self._layered is not None:  # the adaptive policy fits its cost model to measured iteration times
-            decode_rows = batch.batch_size() if batch.forward_mode.is_decode() else 0
-            token_layers = iteration.token_layers if iteration is not None else 0
-            self._layered.observe(decode_rows, token_layers, time.perf_counter() - start)
         if self._observer is not None:
             self._observer.forward_done()
         return result
 
     def process_batch_result(self, batch, result):
         processed = []
+        iteration = self._layered_iteration
         if isinstance(result, LayeredResult):
-            iteration = self._layered_iteration
             if result.decode is not None:
                 super().process_batch_result(iteration.decode_batch, result.decode)
                 processed.append(iteration.decode_batch)
@@ -157,6 +182,12 @@ class LayeredScheduler(Scheduler):
         else:
             super().process_batch_result(batch, result)
             processed.append(batch)
+        if self._clock is not None:
+            seconds = self._clock.stop()  # SGLang's result processing waited for the device
+            if seconds is not None:
+                decode_rows = batch.batch_size() if batch.forward_mode.is_decode() else 0
+                self._measurements.append(Measurement(decode_rows, iteration.token_layers if iteration else 0,
+                                                      self._layered.num_layers, seconds))
         if self._observer is not None:
             self._observer.end(processed)
 
@@ -165,7 +196,7 @@ class LayeredScheduler(Scheduler):
         batches = super()._collect_inflight_batches()
         if self._layered is not None:
             # Cohorts mid-layers, and one that sampled last iteration but has not merged into decode yet.
-            batches = [*batches, *(c.batch for c in (*self._layered.cohorts, *self._layered.completed))]
+            batches = [*batches, *(c.batch for c in (*self._layered.cohorts, *self._layered.finished))]
         return batches
 
     def abort_request(self, recv_req):

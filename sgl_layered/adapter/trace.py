@@ -7,12 +7,17 @@ prefill or chunk); finished: ids of the requests that finished in this iteration
 experts (per-layer rows / distinct experts, loaded and prompt-attributable bytes) and, per piece,
 expert_bytes (its share of the prompt-attributable bytes). In layered mode, aborts: the aborts received
 since the previous iteration, each with the request's stage then (queued, 'layers k/G', decode) and whether
-its slots were freed at once (a cohort whose requests were all aborted is dropped before its next group).
+its slots were freed at once (a cohort whose requests were all aborted is dropped before its next group);
+admit: the policy's admission decision of that iteration (token cap, chunk size, execution, group rule), or null;
+scheduling: the waiting-queue depth, the scheduling call's time in µs (SGLang's admission included) and our
+policy's share (building the view and deciding the Step).
+With tensor parallelism, rank 0 writes PATH and rank r > 0 writes PATH.tp<r>, so per-rank schedules can be compared.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import time
 
@@ -37,7 +42,8 @@ def describe_stock_batch(batch, num_layers: int) -> dict:
 
 def describe_layered(iteration) -> dict:
     rows = iteration.decode_batch.batch_size() if iteration.decode_batch is not None else 0
-    return {"mode": "layered", "decode_rows": rows, "prefill": [{
+    admit = dataclasses.asdict(iteration.admit) if iteration.admit is not None else None
+    return {"mode": "layered", "decode_rows": rows, "admit": admit, "prefill": [{
         "rids": cohort.rids, "tokens": piece.tokens, "req_tokens": [int(n) for n in cohort.batch.extend_lens],
         "layers": list(piece.layers), "cohort": cohort.cohort_id, "final": piece.final}
         for piece, cohort in iteration.pieces]}

@@ -7,14 +7,16 @@ import os
 from dataclasses import asdict, dataclass, fields
 from typing import Optional, Union
 
+from .hardware import PROFILES
+
 # Carries the settings from the launching process into SGLang's children. Not SGL_*: SGLang renames those.
 ENV_VAR = "SGLANG_LAYERED_CONFIG"
 ROUTINGS = ("model", "calibrated", "forced-rows")
 POLICIES = ("paper", "adaptive")
 SWITCHES = ("adaptive", "pipeline", "idle_whole", "stash", "choose", "eager_join")
-# Hardware profiles of the roofline cost model (sgl_layered/sim/hardware.py) the adaptive policy may predict with;
-# "auto" picks by device (CPU engine, H100, H200), "none" predicts nothing (the "choose" switch then does nothing).
-COST_PROFILES = ("auto", "none", "CPU-calibrated", "H100-SXM", "H200-SXM", "H200-measured")
+# Hardware profiles of the roofline cost model (core/hardware.py) the adaptive policy may predict with; "auto" picks
+# by device (CPU engine, H100, H200), "none" predicts nothing (the "choose" switch then does nothing).
+COST_PROFILES = ("auto", "none", *PROFILES)
 
 
 class LayeredConfigError(ValueError):

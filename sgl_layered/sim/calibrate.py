@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Iterable, List, Sequence, Tuple
 
-from .hardware import Hardware
-from .shapes import ModelShape
+from sgl_layered.core.hardware import Hardware
+from sgl_layered.core.shapes import ModelShape
 
 
 def features(row: dict, m: ModelShape) -> Tuple[float, float, float, float]:

@@ -7,9 +7,9 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from sgl_layered.core.policy import CohortState, SchedulerView
-
-from .cost import CostModel, PrefillWork
+from sgl_layered.core.execution import PromptWork
+from sgl_layered.core.roofline import CostModel
+from sgl_layered.core.step import Admit, CohortState, Measurement, SchedulerView, Waiting
 
 
 @dataclass
@@ -45,10 +45,10 @@ class _Cohort:
         """A prompt's chunk short of its end: the rest waits for this chunk (as SGLang's chunked request does)."""
         return any(start + n < r.prompt for r, start, n in self.segments)
 
-    def works(self, layers) -> List[PrefillWork]:
+    def works(self, layers) -> List[PromptWork]:
         whole = sum(n for _, start, n in self.segments if start == 0)
-        works = [PrefillWork(whole, 0, layers)] if whole else []
-        return works + [PrefillWork(n, start, layers) for _, start, n in self.segments if start > 0]
+        works = [PromptWork(whole, 0, layers)] if whole else []
+        return works + [PromptWork(n, start, layers) for _, start, n in self.segments if start > 0]
 
     def state(self) -> CohortState:
         return CohortState(self.cid, self.tokens, self.groups, self.next_group)
@@ -66,22 +66,20 @@ class SimResult:
 
 
 class Simulator:
-    """mode: "chunked" (mixed chunked prefill, `chunk` tokens per iteration) or "layered" (a policy object).
-
-    layered_chunk: the chunk x layer hybrid (--layered-prefill-chunk-tokens): a prompt longer than this is admitted
-    a chunk at a time and each chunk runs as a layered cohort; a policy may also ask for chunks per admission."""
+    """mode: "chunked" (mixed chunked prefill, `chunk` tokens per iteration) or "layered" (a policy object, asked
+    once per iteration for its Step, exactly as the SGLang adapter asks it; its admissions may ask for chunks: the
+    chunk x layer hybrid, or chunked execution)."""
 
     def __init__(self, cost: CostModel, mode: str, policy=None, chunk: int = 512, max_prefill_tokens: int = 16384,
-                 kv_capacity_tokens: int = 10 ** 9, max_running: int = 1024, record: bool = False,
-                 layered_chunk: Optional[int] = None):
+                 kv_capacity_tokens: int = 10 ** 9, max_running: int = 1024, record: bool = False):
         if mode not in ("chunked", "layered"):
             raise ValueError(mode)
         self.cost, self.mode, self.policy, self.chunk = cost, mode, policy, chunk
-        self.layered_chunk = layered_chunk
+        self._chunking: Optional[Admit] = None  # the admission the partly admitted head prompt started with
         self.cohort_kinds: Dict[str, int] = {}
         self.max_prefill_tokens, self.kv_capacity, self.max_running = max_prefill_tokens, kv_capacity_tokens, max_running
         self.layers = cost.m.layers
-        # With record=True: one entry per iteration, (time, decode rows, [(cohort id, layers, tokens)], budget).
+        # With record=True: one entry per layered iteration, (time, decode rows, [(cohort id, layers, tokens)], Step).
         self.log = [] if record else None
 
     def run(self, requests: List[SimRequest], max_iterations: int = 10 ** 7) -> SimResult:
@@ -112,7 +110,7 @@ class Simulator:
                     break
                 t = pending[i_arr].arrival
                 continue
-            works: List[PrefillWork] = []
+            works: List[PromptWork] = []
             finishing_prefill: List[SimRequest] = []
             if self.mode == "chunked":
                 # Admit FCFS while memory allows, then fill the chunk budget from the oldest prompts.
@@ -124,34 +122,28 @@ class Simulator:
                     if budget <= 0:
                         break
                     n = min(budget, r.prompt - r.prefilled)
-                    works.append(PrefillWork(n, r.prefilled, (0, self.layers)))
+                    works.append(PromptWork(n, r.prefilled, (0, self.layers)))
                     r.prefilled += n
                     budget -= n
                     if r.prefilled == r.prompt:
                         finishing_prefill.append(r)
             else:
-                def view():
-                    return SchedulerView(self.layers, len(decoding), len(waiting), tuple(c.state() for c in cohorts),
-                                         waiting[0].prompt - waiting[0].admitted if waiting else 0,
-                                         sum(r.prompt - r.admitted for r in waiting), sum(r.context for r in decoding),
-                                         t - waiting[0].arrival if waiting else 0.0)
-                if waiting and not any(c.holds_chunk for c in cohorts) and self.policy.may_admit(view()):
-                    self._admit(view(), waiting, cohorts, ids, kv_used())
-                if cohorts:
-                    budget = getattr(self.policy, "token_layer_budget", None)
-                    budget = budget(view()) if budget is not None else None
-                    plan = self.policy.plan(view())
-                    if self.log is not None:
-                        self.log.append((t, len(decoding), [(p.cohort_id, p.layers, p.tokens) for p in plan.pieces],
-                                         budget))
-                    by_id = {c.cid: c for c in cohorts}
-                    for piece in plan.pieces:
-                        c = by_id[piece.cohort_id]
-                        works.extend(c.works(piece.layers))
-                        c.next_group += 1
-                        if c.next_group == len(c.groups):
-                            finishing_prefill.extend(r for r, start, n in c.segments if start + n == r.prompt)
-                            cohorts.remove(c)
+                step = self.policy.schedule(self._view(decoding, waiting, cohorts))
+                pieces = list(step.pieces)
+                if step.admit is not None and waiting:
+                    new = self._admit(step.admit, waiting, cohorts, ids, kv_used())
+                    if new is not None:
+                        pieces.append(step.admitted_piece(new.cid, new.tokens, new.groups))
+                if self.log is not None:
+                    self.log.append((t, len(decoding), [(p.cohort_id, p.layers, p.tokens) for p in pieces], step))
+                by_id = {c.cid: c for c in cohorts}
+                for piece in pieces:
+                    c = by_id[piece.cohort_id]
+                    works.extend(c.works(piece.layers))
+                    c.next_group += 1
+                    if c.next_group == len(c.groups):
+                        finishing_prefill.extend(r for r, start, n in c.segments if start + n == r.prompt)
+                        cohorts.remove(c)
             if not works and not decoding:
                 # Nothing runnable (memory full of waiting prompts that never fit): jump to the next arrival.
                 if i_arr == len(pending):
@@ -159,9 +151,9 @@ class Simulator:
                 t = pending[i_arr].arrival
                 continue
             cost = self.cost.iteration([r.context for r in decoding], works)
-            if self.policy is not None and hasattr(self.policy, "observe"):
-                self.policy.observe(len(decoding), sum(w.tokens * (w.layers[1] - w.layers[0]) for w in works),
-                                    self.layers, cost.seconds)
+            if self.policy is not None:
+                self.policy.observe(Measurement(len(decoding), sum(w.tokens * (w.layers[1] - w.layers[0])
+                                                                   for w in works), self.layers, cost.seconds))
             t += cost.seconds
             iterations += 1
             stats["busy"] += cost.seconds
@@ -189,20 +181,27 @@ class Simulator:
         return SimResult(requests, iterations, stats["expert"], stats["prefill_expert"], stats["tokens"],
                          stats["busy"], dict(self.cohort_kinds))
 
-    def _admit(self, view, waiting: List[SimRequest], cohorts: List[_Cohort], ids, kv_used: int) -> None:
+    def _view(self, decoding: List[SimRequest], waiting: List[SimRequest], cohorts: List[_Cohort]) -> SchedulerView:
+        admissible = 0
+        for r in waiting:  # in queue order, up to what one admission can take (as the adapter sums)
+            if admissible >= self.max_prefill_tokens:
+                break
+            admissible += r.prompt - r.admitted
+        chunking = self._chunking if waiting and waiting[0].admitted else None
+        return SchedulerView(
+            num_layers=self.layers, decode_rows=len(decoding), decode_context=sum(r.context for r in decoding),
+            cohorts=tuple(c.state() for c in cohorts),
+            waiting=Waiting(len(waiting), waiting[0].prompt - waiting[0].admitted if waiting else 0,
+                            min(admissible, self.max_prefill_tokens)),
+            admission_open=not any(c.holds_chunk for c in cohorts), chunking=chunking)
+
+    def _admit(self, admit: Admit, waiting: List[SimRequest], cohorts: List[_Cohort], ids, kv_used: int
+               ) -> Optional[_Cohort]:
         """FCFS admission of one cohort as SGLang's PrefillAdder does it: up to the token cap (the first request
         even above it), while KV memory allows; with a chunk size, at most that many tokens, the last prompt
         truncated to a chunk that stays at the head of the queue."""
-        admission = getattr(self.policy, "admission", None)
-        if admission is not None:
-            a = admission(view)
-            cap, chunk = a.token_cap, a.chunk_tokens or self.layered_chunk
-            chosen_chunks = a.chunk_tokens is not None
-        else:
-            cap_of = getattr(self.policy, "admission_token_cap", None)
-            cap, chunk = (cap_of(view) if cap_of else self.max_prefill_tokens), self.layered_chunk
-            chosen_chunks = False
-        cap = min(cap, self.max_prefill_tokens)
+        cap = min(admit.token_cap if admit.token_cap is not None else self.max_prefill_tokens, self.max_prefill_tokens)
+        chunk = admit.chunk_tokens
         if chunk:
             cap = min(cap, chunk)
         segments, tokens, reserved = [], 0, 0
@@ -221,10 +220,14 @@ class Simulator:
             tokens += n
             reserved += need
             if r.admitted < r.prompt:
+                self._chunking = admit  # the rest of this prompt is admitted the same way
                 break  # a chunked prompt: nothing after it joins this cohort
             waiting.pop(0)
-        if segments:
-            groups = self.policy.partition(tokens, self.layers, view)
-            cohorts.append(_Cohort(next(ids), segments, tuple(groups)))
-            kind = "chunked" if chosen_chunks else ("whole" if len(groups) == 1 else "layered")
-            self.cohort_kinds[kind] = self.cohort_kinds.get(kind, 0) + 1
+        if not segments:
+            return None
+        groups = admit.groups.split(tokens, self.layers)
+        cohort = _Cohort(next(ids), segments, tuple(groups))
+        cohorts.append(cohort)
+        kind = "chunked" if admit.execution == "chunked" else ("whole" if len(groups) == 1 else "layered")
+        self.cohort_kinds[kind] = self.cohort_kinds.get(kind, 0) + 1
+        return cohort

@@ -7,9 +7,9 @@ from typing import Callable, Dict, List, Optional
 
 from sgl_layered.analysis import latency, workloads
 from sgl_layered.core.adaptive import AdaptivePolicy, Switches
-from sgl_layered.core.policy import PaperPolicy
+from sgl_layered.core.paper import PaperPolicy
 
-from .cost import CostModel
+from sgl_layered.core.roofline import CostModel
 from .engine import SimRequest, Simulator
 
 
@@ -29,18 +29,19 @@ def make_requests(sc: Scenario, rate: float) -> List[SimRequest]:
 
 
 def policy_factory(mode: str, sc: Scenario, switches: Optional[Switches] = None,
-                   cost: Optional[CostModel] = None) -> Callable[[], object]:
+                   cost: Optional[CostModel] = None, chunk_tokens: Optional[int] = None) -> Callable[[], object]:
     """layered-ours chooses layered or chunked execution per cohort with the simulator's own cost model as its
     predictor (on hardware: the same roofline model with that machine's profile)."""
     if mode == "layered-paper":
-        return lambda: PaperPolicy(groups=None, tokens_per_group=512)
+        return lambda: PaperPolicy(groups=None, tokens_per_group=512, chunk_tokens=chunk_tokens)
     if mode in ("layered-ours", "layered-ours-nochoose"):
         if mode == "layered-ours-nochoose":  # (f) off: always layered, bites sized by the TBT target alone
             switches = Switches(choose=False)
         # Aim iterations a little under the token-gap SLO so queueing noise stays inside it.
         return lambda: AdaptivePolicy(tbt_target_s=0.8 * sc.tbt_slo_s, switches=switches or Switches(),
-                                      iteration_cost=cost.seconds if cost is not None else None,
-                                      layer_costs=cost.layer_costs(512) if cost is not None else None)
+                                      predict_seconds=cost.seconds if cost is not None else None,
+                                      layer_costs=cost.layer_costs(512) if cost is not None else None,
+                                      chunk_tokens=chunk_tokens)
     raise ValueError(mode)
 
 
@@ -51,8 +52,8 @@ def simulate(cost: CostModel, mode: str, sc: Scenario, rate: float, chunk: int =
     if mode.startswith("chunked"):
         sim = Simulator(cost, "chunked", chunk=chunk, kv_capacity_tokens=kv_capacity_tokens)
     else:
-        sim = Simulator(cost, "layered", policy=policy_factory(mode, sc, switches, cost)(),
-                        kv_capacity_tokens=kv_capacity_tokens, layered_chunk=layered_chunk)
+        sim = Simulator(cost, "layered", policy=policy_factory(mode, sc, switches, cost, layered_chunk)(),
+                        kv_capacity_tokens=kv_capacity_tokens)
     res = sim.run(reqs)
     end = max(r.done or r.arrival for r in res.requests)
     records = []

@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from sgl_layered.core.execution import PieceWork
+from sgl_layered.core.execution import PromptWork
 
 from .hardware import Hardware
 from .shapes import ModelShape
@@ -48,7 +48,6 @@ def coverage(experts: int, k: int, alpha: Optional[float], rows: int) -> float:
     return sum(1.0 - (1.0 - p) ** rows for p in inclusion_probabilities(experts, k, alpha))
 
 
-PrefillWork = PieceWork  # the policy's description of a prompt pass (core/execution.py)
 
 
 @dataclass(frozen=True)
@@ -71,14 +70,14 @@ class CostModel:
     def _distinct(self, rows: int) -> float:
         return coverage(self.m.experts, self.m.top_k, self.alpha, rows)
 
-    def iteration(self, decode_contexts: Sequence[int], pieces: Sequence[PrefillWork]) -> IterationCost:
+    def iteration(self, decode_contexts: Sequence[int], pieces: Sequence[PromptWork]) -> IterationCost:
         return self.iteration_totals(len(decode_contexts), sum(decode_contexts), pieces)
 
-    def seconds(self, decode_rows: int, decode_context: int, pieces: Sequence[PrefillWork]) -> float:
-        """The policy's iteration-cost predictor (core/execution.py IterationCost)."""
+    def seconds(self, decode_rows: int, decode_context: int, pieces: Sequence[PromptWork]) -> float:
+        """The policy's SecondsPredictor (core/execution.py)."""
         return self.iteration_totals(decode_rows, decode_context, pieces).seconds
 
-    def iteration_totals(self, b: int, decode_kv: int, pieces: Sequence[PrefillWork]) -> IterationCost:
+    def iteration_totals(self, b: int, decode_kv: int, pieces: Sequence[PromptWork]) -> IterationCost:
         m = self.m
         # Layers between these boundaries are identical work: cost one and multiply.
         cuts = sorted({0, m.layers, min(m.dense_layers, m.layers)}
@@ -94,7 +93,7 @@ class CostModel:
             prefill_expert_bytes += peb * (hi - lo)
         return IterationCost(seconds, expert_bytes, prefill_expert_bytes)
 
-    def _layer(self, layer: int, b: int, decode_kv: int, active: Tuple[PrefillWork, ...]):
+    def _layer(self, layer: int, b: int, decode_kv: int, active: Tuple[PromptWork, ...]):
         m, tp = self.m, self.tp
         rows = b + sum(p.tokens for p in active)
         if rows == 0:
@@ -128,5 +127,5 @@ class CostModel:
 
     def layer_costs(self, rows: int) -> List[float]:
         """Relative cost of each layer for `rows` prefill rows (used to split groups by cost, not count)."""
-        return [self.iteration([], [PrefillWork(rows, 0, (l, l + 1))]).seconds - self.overhead_s
+        return [self.iteration([], [PromptWork(rows, 0, (l, l + 1))]).seconds - self.overhead_s
                 for l in range(self.m.layers)]
