@@ -95,8 +95,31 @@ def main(out_dir: Path = HERE) -> None:
         "0003-scheduler-layered-iterations.patch": [edit("sglang/srt/managers/scheduler.py", [
             ('    def _should_defer_prefill(self, running_batch: ScheduleBatch) -> bool:\n',
              '    def _should_defer_prefill(self, running_batch: ScheduleBatch) -> bool:\n'
-             '        if self.layered is not None and not self.layered.may_admit(running_batch):\n'
+             '        # The iteration\'s one layered-prefill decision (the decode batch is known here).\n'
+             '        if self.layered is not None and self.layered.schedule(running_batch).admit is None:\n'
              '            return True\n'),
+            ('    def get_prefill_adder_class(self) -> type[PrefillAdder]:\n        return PrefillAdder\n',
+             '    def get_prefill_adder_class(self) -> type[PrefillAdder]:\n'
+             '        if self.layered is not None:  # admission under the Step\'s token cap and chunk size\n'
+             '            return self.layered.make_prefill_adder(PrefillAdder)\n'
+             '        return PrefillAdder\n'),
+            ('                            )\n                        )\n\n        return aborts\n',
+             '                            )\n                        )\n\n'
+             '        if self.layered is not None:  # the leader\'s iteration times, for every rank\'s policy\n'
+             '            aborts.extend(self.layered.take_measurements())\n'
+             '        return aborts\n'),
+            ('    def process_input_requests(self, recv_reqs: List):\n        now = time.monotonic()\n',
+             '    def process_input_requests(self, recv_reqs: List):\n'
+             '        if self.layered is not None:\n'
+             '            recv_reqs = self.layered.observe_measurements(recv_reqs)\n'
+             '        now = time.monotonic()\n'),
+            ('        if self.disaggregation_mode != DisaggregationMode.PREFILL:\n            self.chunked_req = None\n\n'
+             '        # Surface the paused state',
+             '        if self.disaggregation_mode != DisaggregationMode.PREFILL:\n            self.chunked_req = None\n'
+             '        if self.layered is not None:  # cohorts in flight are retracted alike\n'
+             '            for req in self.layered.retract_in_flight():\n'
+             '                self._add_request_to_queue(req)\n\n'
+             '        # Surface the paused state'),
             ('            prefill_plan = self.get_new_batch_prefill(running_batch)\n'
              '            new_batch = prefill_plan.batch_to_run\n'
              '            running_batch = prefill_plan.running_batch\n',
@@ -174,6 +197,24 @@ def main(out_dir: Path = HERE) -> None:
                 ('AttentionBackendRegistry.register("intel_xpu", handle_attention_intel_xpu)\n',
                  'AttentionBackendRegistry.register("intel_xpu", handle_attention_intel_xpu)\n'
                  'AttentionBackendRegistry.register("torch_native", handle_attention_torch_native)\n'),
+            ]),
+        ],
+        "0009-deterministic-inference-on-cpu.patch": [
+            edit("sglang/srt/arg_groups/choices.py", [
+                ('DETERMINISTIC_ATTENTION_BACKEND_CHOICES = [\n    "ascend",\n',
+                 'DETERMINISTIC_ATTENTION_BACKEND_CHOICES = [\n    "ascend",\n'
+                 '    "torch_native",  # CPU: its ops do not split the KV by batch size\n'),
+                ('RADIX_SUPPORTED_DETERMINISTIC_ATTENTION_BACKEND = ["ascend", "fa3", "fa4", "triton"]\n',
+                 'RADIX_SUPPORTED_DETERMINISTIC_ATTENTION_BACKEND = [\n'
+                 '    "ascend",\n    "fa3",\n    "fa4",\n    "triton",\n    "torch_native",\n]\n'),
+            ]),
+            edit("sglang/srt/model_executor/model_runner.py", [
+                ('    def maybe_enable_batch_invariant_mode(self):\n'
+                 '        if get_exec().deterministic.enable_deterministic_inference:\n',
+                 '    def maybe_enable_batch_invariant_mode(self):\n'
+                 '        if self.device == "cpu":  # the batch-invariant kernels are GPU kernels\n'
+                 '            return\n'
+                 '        if get_exec().deterministic.enable_deterministic_inference:\n'),
             ]),
         ],
         "0005-decode-graph-eager-during-layered-pass.patch": [

@@ -41,7 +41,7 @@ def test_server_matches_stock(model, groups, model_path, stock_reference, tmp_pa
     args = ["--enable-layered-prefill", "--layered-prefill-groups", groups, "--layered-prefill-trace", str(trace)]
     with Server(model_path(model), args, log_path=tmp_path / "server.log") as server:
         with ThreadPoolExecutor(max_workers=len(prompts())) as pool:
-            futures = [pool.submit(_generate, server.url, ids, 0.15 * i) for i, ids in enumerate(prompts())]
+            futures = [pool.submit(_generate, server.url, ids, 0.05 * i) for i, ids in enumerate(prompts())]
             outputs = [f.result() for f in futures]
 
         # Streaming yields the same tokens, one chunk at a time.

@@ -288,3 +288,49 @@ def test_abort_mid_chunk_in_chunk_by_layer_hybrid(model_path, tmp_path, strict_l
     assert 2 <= len(pieces) < 6 * LAYERS, "the prompt was not cut short by the abort"
     _assert_nothing_leaked(state)
     assert len(after["output_ids"]) == 3
+
+
+@pytest.mark.engine
+def test_retracting_pause_mid_layers_recomputes_the_cohort(model_path, tmp_path, strict_leak_check):
+    """pause_generation(mode="retract") while a cohort is mid-layers (SGLang retracts only its own batches): the
+    cohort's KV and activations are freed, its requests are recomputed after continue_generation, and every output
+    equals a run without the pause; nothing leaks."""
+    import json
+    import os
+
+    from sglang.srt.managers.io_struct import ContinueGenerationReqInput, PauseGenerationReqInput
+
+    trace = tmp_path / "trace.jsonl"
+    engine = sgl_layered.Engine(model_path=model_path(MODEL), enable_layered_prefill=True,
+                                layered_prefill_groups=LAYERS, layered_prefill_trace=str(trace),
+                                **cpu.engine_kwargs())
+    rng = random.Random(5)
+    long_ids, short_ids = [rng.randrange(0, 2045) for _ in range(700)], [rng.randrange(0, 2045) for _ in range(9)]
+    params = {"max_new_tokens": 12, "temperature": 0.0, "ignore_eos": True}
+    tm = engine.tokenizer_manager
+
+    async def paused_run():
+        decoding = asyncio.ensure_future(engine.async_generate(input_ids=short_ids, sampling_params=params))
+        await asyncio.sleep(0.3)
+        cohort = asyncio.ensure_future(engine.async_generate(input_ids=long_ids, sampling_params=params))
+        for _ in range(5000):  # until the long prompt's cohort has run its first group (of LAYERS)
+            await asyncio.sleep(0.002)
+            if os.path.exists(trace) and any(p["tokens"] == len(long_ids) for line in open(trace) if line.strip()
+                                             for p in json.loads(line)["prefill"]):
+                break
+        await tm.pause_generation(PauseGenerationReqInput(mode="retract"))
+        state = (await tm.get_internal_state())[0]["sgl_layered"]
+        await asyncio.sleep(0.2)
+        await tm.continue_generation(ContinueGenerationReqInput())
+        return await asyncio.wait_for(asyncio.gather(decoding, cohort), 120), state
+
+    try:
+        (short, long_), paused_state = engine.loop.run_until_complete(paused_run())
+        want = [engine.generate(input_ids=ids, sampling_params=params)["output_ids"] for ids in (short_ids, long_ids)]
+        state = _idle_pools(engine)
+    finally:
+        engine.shutdown()
+    assert paused_state["cohorts_in_flight"] == 0 and paused_state["stash_bytes"] == 0, paused_state
+    assert [short["output_ids"], long_["output_ids"]] == want
+    assert long_["meta_info"]["num_retractions"] >= 1, long_["meta_info"]
+    _assert_nothing_leaked(state)

@@ -5,6 +5,12 @@ Qwen2-MoE gates its shared expert with `fused_gate_sigmoid_mul(_add)`, Triton ke
 CPU. `gate_sigmoid_mul(_add)` compute the same thing (per token: sigmoid(hidden . gate_weight) *
 shared_output, in fp32, optionally added to the routed-expert output in place).
 
+Deterministic inference (`--enable-deterministic-inference`, which makes `sampling_seed` decide a request's
+samples whatever it is batched with): SGLang accepts only GPU attention backends for it and turns on batch-invariant
+GPU kernels, which refuse a CPU. `allow_deterministic_inference` admits torch_native (whose CPU ops do not split
+the KV by batch size) and `no_batch_invariant_kernels` skips the GPU-only kernels: seeded sampling then works in
+SGLang's CPU engine, for stock and layered alike (the seeded hash is the sgl_kernel CPU stand-in's).
+
 DeepSeek-V2 (MLA attention): torch_native has no entry in SGLang's MLA attention-method registry, so it gets
 the Triton backend's choice, which sends a prefill without cached prefix to the MHA path (`attn_mha` with
 decompressed per-head k/v and save_kv_cache=False). torch_native's extend attention reads K/V from the
@@ -29,6 +35,23 @@ def gate_sigmoid_mul(hidden_states, gate_weight, shared_output):
 
 def gate_sigmoid_mul_add(hidden_states, gate_weight, shared_output, final_hidden_states) -> None:
     final_hidden_states.copy_(final_hidden_states.float() + _gated(hidden_states, gate_weight, shared_output))
+
+
+def allow_deterministic_inference() -> None:
+    """Let SGLang's CPU engine run --enable-deterministic-inference with torch_native, radix cache kept (idempotent;
+    through SGLang's own extension lists)."""
+    from sglang.srt.arg_groups import choices
+
+    if "torch_native" not in choices.DETERMINISTIC_ATTENTION_BACKEND_CHOICES:
+        choices.add_deterministic_attention_backend_choices(["torch_native"])
+    if "torch_native" not in choices.RADIX_SUPPORTED_DETERMINISTIC_ATTENTION_BACKEND:
+        choices.add_radix_supported_deterministic_attention_backend_choices(["torch_native"])
+
+
+def no_batch_invariant_kernels(original, runner):
+    """AROUND hook on ModelRunner.maybe_enable_batch_invariant_mode, CPU engine only: SGLang's batch-invariant
+    kernels need a GPU and raise on a CPU; the CPU engine runs without them."""
+    return None
 
 
 def mla_method_for_torch_native(original, registry, backend_name):

@@ -115,7 +115,10 @@ def _no_row_outputs(extra) -> None:
                            "sparse-attention model?)")
 
 
-class PromptPass:
+class PieceRunner:
+    """Runs one Piece of the iteration's Step: the cohort's prompt rows through its layer range, fused into the
+    decode forward or alone."""
+
     def __init__(self, model, cohort, layers):
         self.model = model
         self.cohort = cohort

@@ -68,6 +68,10 @@ HOOKS: tuple = (
            "SGLang's CPU engine only (a GPU launch keeps the kernel)", only_on_cpu_engine=True)
       for name, impl in (("fused_gate_sigmoid_mul", "gate_sigmoid_mul"),
                          ("fused_gate_sigmoid_mul_add", "gate_sigmoid_mul_add"))),
+    Hook("sglang.srt.model_executor.model_runner.ModelRunner.maybe_enable_batch_invariant_mode", "AROUND",
+         "sgl_layered.adapter.cpu_ops:no_batch_invariant_kernels", SCHEDULER,
+         "--enable-deterministic-inference (seeded sampling) in SGLang's CPU engine: its batch-invariant kernels need "
+         "a GPU and raise on a CPU; skipped in the CPU engine only", only_on_cpu_engine=True),
     Hook("sglang.srt.models.deepseek_common.attention_backend_handler.AttentionBackendRegistry.get_handler",
          "AROUND", "sgl_layered.adapter.cpu_ops:mla_method_for_torch_native", SCHEDULER,
          "DeepSeek-V2/V3's MLA attention cannot prefill with torch_native (SGLang dispatches it to an MHA path whose "
@@ -110,15 +114,17 @@ SURFACE: tuple = (
              "the TP leader's iteration times ride SGLang's request broadcast, so every rank's policy learns alike"),
     Internal(_SCHED, ("run_batch", "process_batch_result"), OVERRIDE,
              "run the fused pass; process decode rows and each cohort that sampled; time iterations"),
-    Internal(_SCHED, ("_collect_inflight_batches", "abort_request", "is_fully_idle"), OVERRIDE,
-             "cohorts mid-layers count as in flight for SGLang's bookkeeping, aborts and idle checks"),
+    Internal(_SCHED, ("_collect_inflight_batches", "abort_request", "is_fully_idle", "pause_generation"), OVERRIDE,
+             "cohorts mid-layers count as in flight for SGLang's bookkeeping, aborts, idle checks and a retracting "
+             "pause"),
     Internal(_SCHED, ("update_running_batch", "_relay_forward_payload", "_copy_auxiliary_output_to_cpu",
                       "_release_aborted_request", "send_abort_output", "_add_request_to_queue"), CALL,
              "what SGLang does after admitting a prefill, after sampling, and when it drops an aborted request"),
     Internal(_SCHED, ("tp_worker", "server_args", "model_config", "waiting_queue", "running_batch",
                       "max_prefill_tokens", "future_map", "tree_cache", "token_to_kv_pool_allocator",
                       "req_to_token_pool", "max_total_num_tokens", "enable_overlap", "is_mixed_chunk",
-                      "chunked_prefill_size", "spec_algorithm", "require_mlp_sync", "grammar_manager"), READ,
+                      "chunked_prefill_size", "spec_algorithm", "require_mlp_sync", "grammar_manager",
+                      "hisparse_coordinator"), READ,
              "the scheduler state a Step is decided from, resolved settings re-checked at start, pools for leak checks"),
     Internal(_SCHED, ("chunked_req", "forward_ct", "_pending_chunked_abort_req"), WRITE,
              "hold a hybrid chunk aside while it is mid-layers; count a cohort-only forward; end an aborted held chunk"),
@@ -126,11 +132,20 @@ SURFACE: tuple = (
              ("has_waiting_grammars", "get_ready_grammar_requests"), CALL,
              "move requests whose grammar compiled into the waiting queue while a cohort is in flight (SGLang polls "
              "only inside its admission)"),
+    Internal("sglang.srt.arg_groups.choices", ("DETERMINISTIC_ATTENTION_BACKEND_CHOICES",
+                                               "RADIX_SUPPORTED_DETERMINISTIC_ATTENTION_BACKEND"), READ,
+             "whether torch_native is already admitted for deterministic inference (CPU engine)"),
+    Internal("sglang.srt.arg_groups.choices", ("add_deterministic_attention_backend_choices",
+                                               "add_radix_supported_deterministic_attention_backend_choices"), CALL,
+             "admit torch_native for --enable-deterministic-inference in SGLang's CPU engine (seeded sampling)"),
     Internal("sglang.srt.managers.schedule_policy.PrefillAdder", ("__init__",), CALL,
              "built with the Step's token cap and chunk size (parameters rem_input_tokens, rem_chunk_tokens)"),
     Internal("sglang.srt.managers.scheduler", ("_make_abort_req",), CALL, "the abort output of a dropped cohort"),
+    Internal("sglang.srt.managers.schedule_batch", ("retract_all",), CALL,
+             "a retracting pause frees the cohorts' KV and resets their requests as SGLang does its running batch"),
     # -- the model runner -----------------------------------------------------------------------------------------
-    Internal(_RUNNER, ("_get_attention_backend", "_prepare_eager_forward_batch", "_extend_forward_kwargs", "sample"),
+    Internal(_RUNNER, ("_get_attention_backend", "_prepare_eager_forward_batch", "_extend_forward_kwargs", "sample",
+                       "compute_logprobs_only"),
              CALL, "the prompt rows' attention-backend instance; a cohort's forward batch prepared, embedded (a "
                    "request's input_embeds) and sampled as stock"),
     Internal(_RUNNER, ("model", "model_config", "dtype", "device", "attn_backend"), READ,
@@ -143,7 +158,8 @@ SURFACE: tuple = (
     Internal(_BATCH, ("input_ids", "forward_iter", "launch_ts", "after_idle_gap"), WRITE,
              "what SGLang's run_batch records on a prefill batch, for the cohort's first tokens and step metrics"),
     Internal(_REQ, ("rid", "origin_input_ids", "output_ids", "prefix_len", "inflight_middle_chunks", "finished",
-                    "set_finish_with_abort"), READ, "the view's queue summary, abort matching, input checks"),
+                    "set_finish_with_abort", "kv"), READ,
+             "the view's queue summary, abort matching, input checks, whether a request still holds KV"),
     Internal(_REQ, ("to_finish", "finished_reason"), WRITE, "a cohort whose requests were all aborted is dropped"),
     Internal(_FB, ("init_new", "set_local_num_token_non_padded"), CALL, "a cohort's forward batch, the fused view"),
     Internal(_FB, ("forward_mode", "batch_size", "input_ids", "input_embeds", "positions", "out_cache_loc",
@@ -157,6 +173,7 @@ SURFACE: tuple = (
 
 # Module-level SGLang functions, classes and constants the adapter imports (besides the hook targets).
 IMPORTED: tuple = (
+    "sglang.srt.beam_search.logits_capture.capture_pre_sample_logits",
     "sglang.srt.managers.schedule_batch.NextBatchPlan",
     "sglang.srt.managers.schedule_batch.FINISH_ABORT",
     "sglang.srt.managers.utils.GenerationBatchResult",

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import torch
+from sglang.srt.beam_search.logits_capture import capture_pre_sample_logits
 from sglang.srt.managers.overlap_utils import resolve_forward_inputs
-from sglang.srt.managers.schedule_batch import FINISH_ABORT
+from sglang.srt.managers.schedule_batch import FINISH_ABORT, retract_all
 from sglang.srt.managers.scheduler import _make_abort_req
 from sglang.srt.managers.utils import GenerationBatchResult
 from sglang.srt.mem_cache.common import release_kv_cache
@@ -218,7 +219,7 @@ class LayeredRuntime:
         passes = []
         for piece, cohort in it.pieces:
             self._prepare(cohort)
-            passes.append(fused_pass.PromptPass(self.model_runner.model, cohort, piece.layers))
+            passes.append(fused_pass.PieceRunner(self.model_runner.model, cohort, piece.layers))
         decode_result = None
         if it.decode_batch is not None:
             with fused_pass.active(passes):
@@ -236,10 +237,15 @@ class LayeredRuntime:
         return result
 
     def _sample_first_tokens(self, cohort: Cohort) -> GenerationBatchResult:
+        """What SGLang's TP worker does with a prefill forward's logits (beam leaders' logits kept before sampling,
+        placeholder ids and logprobs only for scoring requests), then what the scheduler does after a prefill."""
         batch, fb, logits = cohort.batch, cohort.forward_batch, cohort.logits
         result = GenerationBatchResult(logits_output=logits, can_run_cuda_graph=False)
-        if fb.is_prefill_only:  # scoring requests: SGLang returns placeholder ids and no sampling
+        capture_pre_sample_logits(batch, fb, logits)
+        if fb.is_prefill_only:
             result.next_token_ids = torch.zeros(len(fb.seq_lens), dtype=torch.long, device=fb.input_ids.device)
+            if fb.return_logprob and logits.next_token_logits is not None:
+                self.model_runner.compute_logprobs_only(logits, fb)
         else:
             result.next_token_ids = self.model_runner.sample(logits, fb)
         if batch.return_logprob or batch.return_hidden_states:
@@ -305,6 +311,24 @@ class LayeredRuntime:
             logger.info("layered prefill: cohort %d cancelled after %d of %d groups (all requests aborted)",
                         cohort.cohort_id, cohort.next_group, len(cohort.groups))
         return cancelled
+
+    def retract_in_flight(self) -> list:
+        """Free every cohort's KV and activations and reset its live requests for recompute, as SGLang's
+        pause_generation(retract) does to its running batch; returns the requests, for the waiting queue."""
+        s = self.scheduler
+        # Requests SGLang itself just retracted (a cohort that ran alone is SGLang's last extend batch; a finished
+        # chunk's request is SGLang's chunked request again) hold no KV any more.
+        reqs = [r for c in (*self.cohorts, *self.finished) for r in c.batch.reqs if r.kv.holds_kv and not r.finished()]
+        retract_all(reqs=reqs, req_to_token_pool=s.req_to_token_pool,
+                    token_to_kv_pool_allocator=s.token_to_kv_pool_allocator, tree_cache=s.tree_cache,
+                    hisparse_coordinator=s.hisparse_coordinator, offload_kv=False)
+        for cohort in list(self.cohorts):
+            cohort.chunked_req = None  # retracted with the rest; SGLang's own chunked request was reset too
+            self._retire(cohort)
+        self.finished, self._chunking = [], None
+        if reqs:
+            logger.info("layered prefill: %d requests of cohorts in flight retracted for the pause", len(reqs))
+        return reqs
 
     def pool_state(self) -> dict:
         """KV and request-slot accounting, for leak checks: when idle, kv_available + kv_evictable equals

@@ -199,6 +199,14 @@ class LayeredScheduler(Scheduler):
             batches = [*batches, *(c.batch for c in (*self._layered.cohorts, *self._layered.finished))]
         return batches
 
+    def pause_generation(self, recv_req):
+        super().pause_generation(recv_req)
+        if self._layered is not None and recv_req.mode == "retract":
+            # SGLang retracts its running and last prefill batches (their KV recomputed on resume, e.g. under new
+            # weights); cohorts mid-layers or about to join decode are ours to retract the same way.
+            for req in self._layered.retract_in_flight():
+                self._add_request_to_queue(req)
+
     def abort_request(self, recv_req):
         if self._layered is None:
             return super().abort_request(recv_req)

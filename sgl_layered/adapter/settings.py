@@ -167,6 +167,10 @@ def validate_launch(config: LayeredConfig, value_of: Callable[[str], Any]) -> No
     if not config.needs_plugin:
         return
     check_version()
+    if os.environ.get("SGLANG_USE_CPU_ENGINE") == "1":
+        from .cpu_ops import allow_deterministic_inference
+
+        allow_deterministic_inference()
     if config.layered_prefill_expert_accounting and not (config.layered_prefill_trace or value_of("enable_metrics")):
         raise LayeredConfigError("--layered-prefill-expert-accounting needs --layered-prefill-trace or "
                                  "--enable-metrics to report to")

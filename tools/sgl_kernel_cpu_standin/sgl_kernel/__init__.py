@@ -39,6 +39,47 @@ def copy_all_layer_kv_cache_cpu(data_ptrs, strides, tgt_loc, src_loc):
             ctypes.memmove(base + t * stride, row, stride)
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _rotl32(x, r):
+    return ((x << r) | (x >> (32 - r))) & _MASK32
+
+
+def _murmur3_mix(h, k):
+    k = _rotl32((k * 0xCC9E2D51) & _MASK32, 15)
+    h = _rotl32(h ^ ((k * 0x1B873593) & _MASK32), 13)
+    return (h * 5 + 0xE6546B64) & _MASK32
+
+
+def murmur_hash32_cpu(seed, positions, col_indices):
+    """MurmurHash3 (32-bit) of (seed low word, seed high word, position, column), per row and column: the values
+    SGLang's Triton kernel computes for seeded sampling (--enable-deterministic-inference). int64 arithmetic,
+    every product masked to its low 32 bits (exact: the low bits of a product do not depend on the high ones)."""
+    seed = seed.to(torch.int64).view(-1, 1)
+    h = torch.zeros_like(seed)
+    h = _murmur3_mix(h, seed & _MASK32)
+    h = _murmur3_mix(h, (seed >> 32) & _MASK32)
+    h = _murmur3_mix(h, positions.to(torch.int64).view(-1, 1) & _MASK32)
+    h = _murmur3_mix(h, col_indices.to(torch.int64).view(1, -1) & _MASK32)
+    h = h ^ 16
+    h = ((h ^ (h >> 16)) * 0x85EBCA6B) & _MASK32
+    h = ((h ^ (h >> 13)) * 0xC2B2AE35) & _MASK32
+    return (h ^ (h >> 16)).to(torch.uint32)
+
+
+# SGLang calls it as torch.ops.sgl_kernel.murmur_hash32_cpu from a torch.compile'd sampler: a registered op with
+# a shape-only (fake) implementation for the compiler.
+_LIB = torch.library.Library("sgl_kernel", "FRAGMENT")
+_LIB.define("murmur_hash32_cpu(Tensor seed, Tensor positions, Tensor col_indices) -> Tensor")
+_LIB.impl("murmur_hash32_cpu", murmur_hash32_cpu, "CPU")
+
+
+@torch.library.register_fake("sgl_kernel::murmur_hash32_cpu")
+def _murmur_hash32_cpu_shape(seed, positions, col_indices):
+    return seed.new_empty((seed.shape[0], col_indices.shape[0]), dtype=torch.uint32)
+
+
 def _not_in_standin(name: str):
     def unavailable(*args, **kwargs):
         raise NotImplementedError(
@@ -73,6 +114,5 @@ def __getattr__(name: str):
     )
 
 
-# torch.ops.sgl_kernel.* CPU kernels are only used by SGLang when Intel AMX is available; make sure the
-# namespace at least exists so attribute lookups produce torch's own clear "no such op" error.
-_ = torch.ops.sgl_kernel
+# Other torch.ops.sgl_kernel.* CPU kernels are only used by SGLang when Intel AMX is available; the namespace
+# exists, so a lookup of one produces torch's own clear "no such op" error.

@@ -1,0 +1,1 @@
+"""Rows of the request-feature matrix (tests/test_request_features.py)."""
