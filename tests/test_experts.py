@@ -21,15 +21,30 @@ def forced_experts(rows):
     return {(r * TINY.top_k + j) % TINY.num_experts for r in rows for j in range(TINY.top_k)}
 
 
-def test_ledger_counts_distinct_experts_and_decode_share():
+def test_ledger_records_expert_sets_per_request_and_decode_rows():
     ledger = experts.ExpertLedger(bytes_per_expert=100, routing="model")
-    ids = torch.tensor([[0, 1], [1, 2], [5, 6], [6, 7], [-1, -1]])  # last row: padding
-    with ledger.layout(2):
+    ids = torch.tensor([[0, 1], [1, 2], [5, 6], [6, 7], [-1, -1]])  # two prompt rows, two decode rows, padding
+    ledger.open_frame(experts.DECODE_ONLY)
+    with ledger.layout(experts.RowLayout(("a",), (2,))):
         ledger.record(3, ids, rows=4)
+    ledger.record(4, ids, rows=4)  # outside the fused layer: every row a decode row
     taken = ledger.take()
-    assert taken["layers"] == [[3, 4, 2, 6, 3]]
-    assert taken["loaded_bytes"] == 600 and taken["prefill_bytes"] == 300
+    assert taken["layers"] == [[3, 4, 2, 6, 3, "e0", {"a": "7"}], [4, 4, 0, 6, 6, "e7", {}]]
+    assert taken["loaded_bytes"] == 1200 and taken["prefill_bytes"] == 300
     assert ledger.take()["layers"] == []
+
+
+def test_ledger_keeps_each_forward_apart_under_the_overlap_loop():
+    """SGLang's overlap loop launches forward k+1 before it processes forward k's results: each record must carry
+    its own forward's calls."""
+    ledger = experts.ExpertLedger(bytes_per_expert=1, routing="model")
+    ledger.open_frame(experts.RowLayout(("p",), (1,)))
+    ledger.record(0, torch.tensor([[0, 1]]))
+    ledger.open_frame(experts.DECODE_ONLY)  # the next forward is launched before the first is processed
+    ledger.record(0, torch.tensor([[2, 3]]))
+    first, second = ledger.take(), ledger.take()
+    assert first["layers"] == [[0, 1, 1, 2, 0, "0", {"p": "3"}]] and first["prefill_bytes"] == 2
+    assert second["layers"] == [[0, 1, 0, 2, 2, "c", {}]] and second["prefill_bytes"] == 0
 
 
 def _expected_coverage(num_experts, k, alpha, n_tokens, trials=200):
@@ -88,19 +103,24 @@ def test_accounting_exact_with_forced_routing(model_path, tmp_path):
         prompt = sum(p["tokens"] for p in r["prefill"])
         group = range(*r["prefill"][0]["layers"]) if r["prefill"] else range(0)
         assert [c[0] for c in acc["layers"]] == (list(range(TINY.num_layers)) if r["decode_rows"] else list(group))
-        for layer, rows_, prefill_rows, distinct, distinct_decode in acc["layers"]:
+        for layer, rows_, prefill_rows, distinct, distinct_decode, decode_set, prompt_sets in acc["layers"]:
             in_group = layer in group
             assert prefill_rows == (prompt if in_group else 0)
             assert rows_ == prefill_rows + r["decode_rows"]
             assert distinct == len(forced_experts(range(rows_)))
             assert distinct_decode == len(forced_experts(range(prefill_rows, rows_)))
+            assert int(decode_set, 16) == sum(1 << e for e in forced_experts(range(prefill_rows, rows_)))
+            assert int(prompt_sets.get(r["prefill"][0]["rids"][0], "0"), 16) if prefill_rows else not prompt_sets
+            if prefill_rows:
+                (bits,) = prompt_sets.values()
+                assert int(bits, 16) == sum(1 << e for e in forced_experts(range(prefill_rows)))
         assert acc["loaded_bytes"] == sum(c[3] for c in acc["layers"]) * BYTES_PER_EXPERT_FP32
         assert acc["prefill_bytes"] == sum(c[3] - c[4] for c in acc["layers"] if c[2]) * BYTES_PER_EXPERT_FP32
         if r["prefill"] and r["decode_rows"]:
             fused_seen += 1
             # 2 prompt rows + 1 decode row: experts {0..5} in the group's layer, {4, 5} for the decode row alone.
             (layer_call,) = [c for c in acc["layers"] if c[2]]
-            assert layer_call[1:] == [3, 2, 6, 2]
+            assert layer_call[1:5] == [3, 2, 6, 2]
             assert r["prefill"][0]["expert_bytes"] == 4 * BYTES_PER_EXPERT_FP32
     assert fused_seen == TINY.num_layers  # the second prompt ran its 5 one-layer groups fused with decode
 
@@ -154,6 +174,14 @@ def test_expert_bytes_do_not_depend_on_the_group_count(model_path, tmp_path):
     assert gn["prefill_bytes_per_token"] == pytest.approx(g1["prefill_bytes_per_token"], rel=0.01)
     assert chunked["loaded_bytes"] > 1.5 * g1["loaded_bytes"]
     assert chunked["prefill_bytes_per_token"] > 1.5 * g1["prefill_bytes_per_token"]
+    # The floors come from the prompts' own routing: the same in every mode. Each prompt alone in one pass is what
+    # layered prefill pays here (nothing decodes beside it); chunks reload per chunk.
+    b = {name: expert_traffic.bounds(rows) for name, (rows, _) in runs.items()}
+    for key in ("prompt_floor", "one_pass_each"):
+        assert b["G=N"][key] == b["G=1"][key] == b["chunk-32"][key], key
+    assert b["G=1"]["prompt"] == b["G=N"]["prompt"] == b["G=1"]["one_pass_each"] >= b["G=1"]["prompt_floor"] > 0
+    assert b["chunk-32"]["prompt"] > 1.5 * b["chunk-32"]["one_pass_each"]
+    assert b["chunk-32"]["reload_factor"] > 1.5 * b["G=1"]["reload_factor"]
 
 
 @pytest.mark.engine
@@ -187,3 +215,37 @@ def test_prometheus_counters_with_enable_metrics(model_path, tmp_path):
     assert value("sglang_layered_prefill_tokens_total") == t["prefill_tokens"]
     assert value("sglang_layered_expert_prefill_bytes_total") == t["prefill_bytes"] > 0
     assert value("sglang_layered_expert_loaded_bytes_total") == t["loaded_bytes"] >= t["prefill_bytes"]
+
+
+@pytest.mark.engine
+def test_accounting_agrees_with_sglang_expert_distribution_recorder(model_path, tmp_path, monkeypatch):
+    """SGLang's own recorder (per_pass: a layers x experts token count per forward pass) and our trace see the same
+    forwards and the same experts: per pass and layer, the experts with a count equal our distinct experts, exactly
+    (both read the same top-k ids from select_experts; cohort-only passes are forward passes for both)."""
+    import glob
+
+    from workload import prompts, run_staggered
+
+    monkeypatch.setenv("SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR", str(tmp_path))
+    trace = tmp_path / "trace.jsonl"
+    engine = sgl_layered.Engine(model_path=model_path("tiny-qwen3-moe"), enable_layered_prefill=True,
+                                layered_prefill_groups=3, layered_prefill_trace=str(trace),
+                                layered_prefill_expert_accounting=True, expert_distribution_recorder_mode="per_pass",
+                                **cpu.engine_kwargs())
+    try:
+        engine.start_expert_distribution_record()
+        run_staggered(engine, prompts()[:8], max_new_tokens=6)
+        engine.stop_expert_distribution_record()
+        engine.dump_expert_distribution_record()
+    finally:
+        engine.shutdown()
+    (dump,) = glob.glob(str(tmp_path / "expert_distribution_recorder_*.pt"))
+    passes = torch.load(dump, weights_only=False)["records"]
+    rows = read(trace)
+    assert len(passes) == len(rows) and any(r["mode"] == "layered" and not r["decode_rows"] for r in rows)
+    for record, row in zip(passes, rows):
+        theirs = (record["global_physical_count"] > 0).sum(dim=1).tolist()
+        ours = [0] * len(theirs)
+        for layer, _, _, distinct, *_ in row["experts"]["layers"]:
+            ours[layer] += distinct
+        assert ours == theirs, (row["iter"], ours, theirs)

@@ -2,6 +2,7 @@
 tokens over HTTP with overlapping requests, streaming, and the OpenAI-compatible endpoints."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -97,3 +98,31 @@ def _assert_logprobs_close(got, want, tol=1e-4):
             assert (lp_a is None and lp_b is None) or abs(lp_a - lp_b) < tol, (key, lp_a, lp_b)
     assert [[t for _, t, *_ in top] for top in got["output_top_logprobs"]] == \
         [[t for _, t, *_ in top] for top in want["output_top_logprobs"]]
+
+
+@pytest.mark.engine
+def test_grammar_requests_are_answered_while_a_cohort_is_in_flight(model_path, tmp_path):
+    """Structured output under layered prefill: requests wait in SGLang's grammar queue, which SGLang polls only
+    inside its admission. With a long cohort mid-layers (admission closed under the paper's rule) a valid regex is
+    answered within a few iterations and an invalid one gets SGLang's 400 at once, not after the cohort."""
+    args = ["--enable-layered-prefill", "--layered-prefill-groups", "5"]
+    with Server(model_path("tiny-qwen3-moe"), args, log_path=tmp_path / "server.log") as server:
+        def post(body):
+            start = time.time()
+            r = requests.post(server.url + "/generate", json=body, timeout=60)
+            return r, time.time() - start
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            decoding = pool.submit(post, {"input_ids": prompts()[3], "sampling_params": greedy(200)})
+            time.sleep(0.3)
+            cohort = pool.submit(post, {"input_ids": prompts()[17], "sampling_params": greedy(4)})
+            time.sleep(0.05)
+            bad, bad_s = post({"text": "the layer", "sampling_params": {"max_new_tokens": 8, "regex": "[a-z"}})
+            good, good_s = post({"text": "the layer", "sampling_params": {"max_new_tokens": 8, "temperature": 0,
+                                                                          "regex": "[a-z]+"}})
+            assert decoding.result()[0].ok and cohort.result()[0].ok
+    assert bad.status_code == 400 and "Failed to compile regex grammar" in bad.text, bad.text
+    print(f"invalid grammar answered in {bad_s:.2f} s, valid in {good_s:.2f} s")
+    assert bad_s < 1.0, f"an invalid grammar waited {bad_s:.2f} s"
+    assert good.ok and re.fullmatch("[a-z]+", good.json()["text"]), good.text
+    assert good_s < 10.0

@@ -1,9 +1,15 @@
 """Expert-load accounting and routing overrides, through one hook on SGLang's `select_experts`.
 
-Accounting: for each MoE layer call of each forward we record how many rows went through it, how many of
-them were prompt (prefill) rows, and how many distinct experts all rows / the decode rows alone touched.
-Expert-weight traffic is "distinct experts touched per layer per forward x bytes per expert"; the prompt's
-share is what it adds on top of the decode rows in the same call, (distinct(all) - distinct(decode)).
+Accounting: for each MoE layer call of each forward we record which experts the call's rows touched, as bitmaps
+(bit e set: expert e): one for the decode rows and one per prompt request (prompt rows come first in every MoE
+call, one run of rows per request, then the decode rows), plus the counts derived from them. Expert-weight traffic
+is "distinct experts touched per layer per forward x bytes per expert"; the prompt's share of a call is what it adds
+on top of the decode rows in that call. The bitmaps let the analysis compute floors that do not depend on the
+schedule (every expert any prompt needed, once per layer) and what each request alone would have cost.
+
+Records are kept per forward (a frame opened when the batch is launched, taken when its results are processed), so
+under SGLang's overlap loop, which launches the next forward before processing the last one's results, every
+record carries its own forward's calls.
 
 Routing overrides (off by default; every trace record says which routing ran):
   * calibrated: random-weight MoE models route degenerately, which decides expert-traffic results. This mode
@@ -20,13 +26,28 @@ Routing overrides (off by default; every trace record says which routing ran):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
-ALL = -1  # decode_tail value: every row of the call is a decode row
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Whose rows a forward's MoE calls carry: the prompt requests' rows first (one run per request, in order), then
+    the decode rows."""
+
+    rids: Tuple[str, ...] = ()
+    lens: Tuple[int, ...] = ()
+
+    @property
+    def prompt_rows(self) -> int:
+        return sum(self.lens)
+
+
+DECODE_ONLY = RowLayout()
 
 
 @dataclass
@@ -36,48 +57,70 @@ class LayerCall:
     prefill_rows: int
     distinct: int
     distinct_decode: int
+    decode_set: int  # bitmap of the experts the decode rows touched
+    prompt_sets: Dict[str, int]  # per prompt request: bitmap of the experts its rows touched
 
 
 @dataclass
 class ExpertLedger:
     bytes_per_expert: int
     routing: str
-    calls: List[LayerCall] = field(default_factory=list)
-    decode_tail: int = ALL  # how many trailing rows of the current MoE call are decode rows
+    frames: collections.deque = field(default_factory=collections.deque)  # (layout, [LayerCall]) per forward
+    override: Optional[RowLayout] = None  # the fused pass's layout inside the active layer group
+
+    def open_frame(self, layout: RowLayout) -> None:
+        """A forward is launched: its MoE calls are recorded under `layout` unless a layer overrides it."""
+        self.frames.append((layout, []))
 
     @contextlib.contextmanager
-    def layout(self, decode_tail: int):
-        saved, self.decode_tail = self.decode_tail, decode_tail
+    def layout(self, layout: RowLayout):
+        saved, self.override = self.override, layout
         try:
             yield
         finally:
-            self.decode_tail = saved
+            self.override = saved
 
     def record(self, layer: int, topk_ids: torch.Tensor, rows: Optional[int] = None) -> None:
+        if not self.frames:
+            self.open_frame(DECODE_ONLY)  # a forward nothing announced (e.g. SGLang's warm-up)
+        frame_layout, calls = self.frames[-1]
+        layout = self.override or frame_layout
         rows = topk_ids.shape[0] if rows is None else rows
         ids = topk_ids[:rows]
-        tail = rows if self.decode_tail == ALL else min(self.decode_tail, rows)
-        distinct = _distinct(ids)
-        distinct_decode = _distinct(ids[rows - tail:]) if tail else 0
-        self.calls.append(LayerCall(layer, rows, rows - tail, distinct, distinct_decode))
+        prompt = min(layout.prompt_rows, rows)
+        sets, start = {}, 0
+        for rid, n in zip(layout.rids, layout.lens):
+            sets[rid] = sets.get(rid, 0) | _bitmap(ids[start:min(start + n, prompt)])
+            start += n
+        decode = _bitmap(ids[prompt:])
+        union = decode
+        for bits in sets.values():
+            union |= bits
+        calls.append(LayerCall(layer, rows, prompt, _popcount(union), _popcount(decode), decode, sets))
 
     def take(self) -> dict:
-        """This iteration's totals (and per-layer rows) for the trace; resets the ledger."""
-        calls, self.calls = self.calls, []
+        """The oldest open forward's totals and per-layer calls, for its trace record."""
+        calls = self.frames.popleft()[1] if self.frames else []
         b = self.bytes_per_expert
         return {
             "routing": self.routing,
             "bytes_per_expert": b,
             "loaded_bytes": sum(c.distinct for c in calls) * b,
             "prefill_bytes": sum(c.distinct - c.distinct_decode for c in calls if c.prefill_rows) * b,
-            # [layer, rows, prefill rows, distinct experts, distinct experts of the decode rows]
-            "layers": [[c.layer, c.rows, c.prefill_rows, c.distinct, c.distinct_decode] for c in calls],
+            # [layer, rows, prefill rows, distinct experts, distinct experts of the decode rows,
+            #  decode rows' expert bitmap (hex), {prompt request id: its rows' expert bitmap (hex)}]
+            "layers": [[c.layer, c.rows, c.prefill_rows, c.distinct, c.distinct_decode, f"{c.decode_set:x}",
+                        {rid: f"{bits:x}" for rid, bits in c.prompt_sets.items()}] for c in calls],
         }
 
 
-def _distinct(ids: torch.Tensor) -> int:
+def _bitmap(ids: torch.Tensor) -> int:
     ids = ids.reshape(-1)
-    return int(torch.unique(ids[ids >= 0]).numel())
+    return sum(1 << int(e) for e in torch.unique(ids[ids >= 0]).tolist())
+
+
+def _popcount(bits: int) -> int:
+    return bin(bits).count("1")
 
 
 # -- routing overrides --------------------------------------------------------------------------------------

@@ -65,10 +65,12 @@ def active(passes):
         _ACTIVE = None
 
 
-def _decode_tail(rows: int):
-    """Tell expert accounting (when on) that the last `rows` rows of this layer's MoE call are decode rows."""
+def _cohort_rows(cohort):
+    """Tell expert accounting (when on) that this layer's MoE call starts with the cohort's prompt rows."""
     ledger = experts.ledger()
-    return ledger.layout(rows) if ledger is not None else contextlib.nullcontext()
+    if ledger is None:
+        return contextlib.nullcontext()
+    return ledger.layout(experts.RowLayout(tuple(cohort.rids), tuple(int(n) for n in cohort.batch.extend_lens)))
 
 
 def is_active() -> bool:
@@ -142,7 +144,7 @@ class PieceRunner:
         if i == self.start:
             hidden = self._join(hidden, forward_batch)
         with forward_context(ForwardContext(attn_backend=self.attention), forward_batch=self.view), \
-                _decode_tail(forward_batch.batch_size):
+                _cohort_rows(self.cohort):
             out = original(layer, self.view.positions, hidden, self.view, *args, **kwargs)
         self.ran.append(i)
         if i == self.end - 1:
@@ -171,7 +173,7 @@ class PieceRunner:
         prompt_batch = self.cohort.forward_batch
         recorder = get_global_expert_distribution_recorder()
         with forward_context(ForwardContext(attn_backend=self.prefill_backend), forward_batch=prompt_batch), \
-                get_model().override(shared_experts=self.model.shared_experts_config):
+                get_model().override(shared_experts=self.model.shared_experts_config), _cohort_rows(self.cohort):
             hidden = import_activations(self._prompt_in(), prompt_batch)
             args = (_zero_allocator(self.end - self.start, hidden.device),) if self.spec.zero_allocator else ()
             for i in range(self.start, self.end):

@@ -150,6 +150,8 @@ SURFACE: tuple = (
                    "request's input_embeds) and sampled as stock"),
     Internal(_RUNNER, ("model", "model_config", "dtype", "device", "attn_backend"), READ,
              "layer stack, shapes and the decode backend"),
+    Internal(_RUNNER, ("forward_pass_id",), WRITE,
+             "a cohort-only pass is a forward pass of its own (SGLang's expert distribution recorder sees it)"),
     Internal(_RUNNER, ("init_new_workspace",), WRITE, "restored after building the prompt rows' backend"),
     # -- batches and requests -------------------------------------------------------------------------------------
     Internal(_BATCH, ("reqs", "forward_mode", "extend_num_tokens", "extend_lens", "decoding_reqs", "return_logprob",

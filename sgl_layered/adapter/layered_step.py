@@ -11,6 +11,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from sglang.srt.beam_search.logits_capture import capture_pre_sample_logits
+from sglang.srt.eplb.expert_distribution import get_global_expert_distribution_recorder
 from sglang.srt.managers.overlap_utils import resolve_forward_inputs
 from sglang.srt.managers.schedule_batch import FINISH_ABORT, retract_all
 from sglang.srt.managers.scheduler import _make_abort_req
@@ -225,9 +226,14 @@ class LayeredRuntime:
             with fused_pass.active(passes):
                 decode_result = run_decode_batch(it.decode_batch)
         else:
-            self.scheduler.forward_ct += 1  # a forward of its own, counted like SGLang counts forwards
-            for p in sorted(passes, key=lambda p: p.start):
-                p.run_alone()
+            # A forward of its own, counted like SGLang counts forwards and seen by SGLang's expert distribution
+            # recorder as one forward pass (the model runner opens one around each of its forwards).
+            self.scheduler.forward_ct += 1
+            self.model_runner.forward_pass_id += 1
+            with get_global_expert_distribution_recorder().with_forward_pass(
+                    self.model_runner.forward_pass_id, passes[0].cohort.forward_batch):
+                for p in sorted(passes, key=lambda p: p.start):
+                    p.run_alone()
         result = LayeredResult(decode_result)
         for p, (piece, cohort) in zip(passes, it.pieces):
             p.check_complete()

@@ -47,12 +47,12 @@ class IterationObserver:
                    else describe_stock_batch(batch, self.num_layers))
         summary["scheduling"] = scheduling
         if self.ledger is not None:
-            # Which trailing rows of this forward's MoE calls are decode rows (the fused pass refines it).
-            # Decode and layered iterations are decode forwards (the fused layers set their own split);
-            # a stock mixed batch ends with its decode rows; a prefill has none.
-            rows = summary["decode_rows"]
-            self.ledger.decode_tail = (experts.ALL if rows else 0) if summary["mode"] in ("decode", "layered") \
-                else rows
+            # Whose rows this forward's MoE calls carry: a stock prefill or mixed batch starts with its prompt
+            # requests' rows (the single piece); a decode or layered forward carries decode rows (the fused layers
+            # and cohort-only passes announce their cohort's prompt rows themselves).
+            piece = summary["prefill"][0] if summary["mode"] in ("prefill", "mixed") else None
+            self.ledger.open_frame(experts.RowLayout(tuple(piece["rids"]), tuple(piece["req_tokens"]))
+                                   if piece else experts.DECODE_ONLY)
         if self.trace is not None:
             self.trace.begin(iteration_no, summary)
         self._summaries.append(summary)
@@ -86,5 +86,5 @@ def _attribute(pieces, accounted: dict) -> None:
     b = accounted["bytes_per_expert"]
     for p in pieces:
         lo, hi = p["layers"]
-        p["expert_bytes"] = sum(distinct - distinct_decode for layer, _, prefill_rows, distinct, distinct_decode
+        p["expert_bytes"] = sum(distinct - distinct_decode for layer, _, prefill_rows, distinct, distinct_decode, *_
                                 in accounted["layers"] if prefill_rows and lo <= layer < hi) * b

@@ -36,6 +36,67 @@ def totals(rows: Iterable[dict]) -> dict:
             "prefill_bytes_per_token": prefill / tokens if tokens else None, "bytes_per_expert": bytes_per_expert}
 
 
+def _popcount(bits: int) -> int:
+    return bin(bits).count("1")
+
+
+def _cohort_of(row: dict, layer: int):
+    """The prompt unit an MoE call belongs to: a layered cohort (by id), else the iteration's batch (a stock
+    prefill or a chunk)."""
+    for p in row["prefill"]:
+        if p["layers"][0] <= layer < p["layers"][1]:
+            return ("cohort", p["cohort"]) if "cohort" in p else ("batch", row["iter"])
+    return None
+
+
+def bounds(rows: Iterable[dict]) -> dict:
+    """Expert bytes of a run, measured and bounded, from the per-call expert bitmaps of the trace (bytes):
+
+      loaded            what the run loaded: distinct experts per MoE call, all rows;
+      prompt            what the prompt rows added on top of the decode rows in the same calls (measured);
+      floor             every expert any row needed, once per layer (what any schedule of this run must load);
+      prompt_floor      every expert any prompt needed, once per layer: no schedule's prompt bytes go below it
+                        (a prompt row's routing depends only on its prompt, so this is the same in every mode);
+      one_pass_each     each request's prompt alone in one pass, no decode credit (per request, per layer, the
+                        experts its own rows need);
+      per_cohort        this run's cohorts (a stock batch or chunk counts as one) each loading its experts once per
+                        layer, with no credit for what decode rows loaded anyway (with that credit it is `prompt`:
+                        each cohort crosses a layer in one call).
+    A mode's reload factor is `prompt / prompt_floor` (1.0: every expert a prompt needed loaded once per layer)."""
+    loaded = prompt = 0
+    b = None
+    every, prompts, per_request, per_cohort = {}, {}, {}, {}
+    for row in rows:
+        acc = row.get("experts")
+        if not acc:
+            continue
+        b = acc["bytes_per_expert"]
+        loaded += acc["loaded_bytes"]
+        prompt += acc["prefill_bytes"]
+        for layer, _, prefill_rows, _, _, decode_hex, sets in acc["layers"]:
+            decode = int(decode_hex, 16)
+            union = 0
+            for rid, hx in sets.items():
+                bits = int(hx, 16)
+                union |= bits
+                per_request[(rid, layer)] = per_request.get((rid, layer), 0) | bits
+            every[layer] = every.get(layer, 0) | union | decode
+            if union:
+                prompts[layer] = prompts.get(layer, 0) | union
+                key = (_cohort_of(row, layer), layer)
+                per_cohort[key] = per_cohort.get(key, 0) | union
+    if b is None:
+        return {}
+    return {
+        "bytes_per_expert": b, "loaded": loaded, "prompt": prompt,
+        "floor": b * sum(map(_popcount, every.values())),
+        "prompt_floor": b * sum(map(_popcount, prompts.values())),
+        "one_pass_each": b * sum(map(_popcount, per_request.values())),
+        "per_cohort": b * sum(map(_popcount, per_cohort.values())),
+        "reload_factor": prompt / (b * sum(map(_popcount, prompts.values()))) if prompts else None,
+    }
+
+
 class Coverage:
     """U_l(n): mean distinct experts of n rows in layer l, monotone, interpolated in log n."""
 
@@ -54,7 +115,7 @@ class Coverage:
         obs: Dict[int, Dict[int, List[int]]] = defaultdict(lambda: defaultdict(list))
         for rows in traces:
             for r in rows:
-                for layer, n, _, distinct, _ in (r.get("experts") or {}).get("layers", []):
+                for layer, n, _, distinct, *_ in (r.get("experts") or {}).get("layers", []):
                     if n > 0:
                         obs[layer][n].append(distinct)
         return cls(obs)

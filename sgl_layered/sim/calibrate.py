@@ -17,7 +17,7 @@ from sgl_layered.core.shapes import ModelShape
 def features(row: dict, m: ModelShape) -> Tuple[float, float, float, float]:
     """(1, layer calls, weight bytes, flops) of one traced iteration."""
     weight_bytes, flops, calls = 0.0, 0.0, 0
-    for _, rows, _, distinct, _ in row["experts"]["layers"]:
+    for _, rows, _, distinct, *_ in row["experts"]["layers"]:
         calls += 1
         weight_bytes += m.attn_weight_bytes + distinct * m.bytes_per_expert
         flops += 2 * rows * (m.attn_weight_bytes / m.weight_bytes + m.top_k * 3 * m.hidden * m.expert_intermediate)
