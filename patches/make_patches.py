@@ -217,6 +217,25 @@ def main(out_dir: Path = HERE) -> None:
                  '        if get_exec().deterministic.enable_deterministic_inference:\n'),
             ]),
         ],
+        "0010-attention-backend-for-layered-prefill.patch": [
+            edit("sglang/srt/arg_groups/overrides.py", [
+                ('        backend = get_default_attn_backend(\n            view, use_mla_backend(view), model_config_of(view)\n'
+                 '        )\n',
+                 '        backend = get_default_attn_backend(\n            view, use_mla_backend(view), model_config_of(view)\n'
+                 '        )\n'
+                 '        # Layered prefill: a served backend where the platform default is not one.\n'
+                 '        backend = layered_prefill.served_attention_backend(backend, use_mla_backend(view))\n'),
+                ('def _attention_backend_default(view: Any) -> dict:\n',
+                 'def _attention_backend_default(view: Any) -> dict:\n'
+                 '    from sglang.srt import layered_prefill\n\n'),
+            ]),
+            edit("sglang/srt/server_args.py", [
+                ('            run_resolution_pipeline(self)\n\n',
+                 '            run_resolution_pipeline(self)\n'
+                 '            from sglang.srt.layered_prefill import check_attention_backend\n\n'
+                 '            check_attention_backend(self)  # refused before anything loads\n\n'),
+            ]),
+        ],
         "0005-decode-graph-eager-during-layered-pass.patch": [
             edit("sglang/srt/model_executor/runner/decode_cuda_graph_runner.py", [
                 ('    def can_run_graph(self, forward_batch: ForwardBatch):\n'

@@ -40,3 +40,27 @@ def server_args(max_total_tokens: int = 16384, dtype: str = "float32") -> list:
 
 def apply_env() -> None:
     os.environ.update(CPU_ENV)
+
+
+# -- this machine: the CPU settings only where there is no CUDA device ---------------------------------------------
+def have_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def machine_env() -> dict:
+    """Environment for SGLang processes on this machine (the CPU engine's, or nothing on a GPU machine)."""
+    return {} if have_cuda() else dict(CPU_ENV)
+
+
+def machine_engine_kwargs(**overrides) -> dict:
+    """Engine settings for this machine: the CPU engine's (above) without CUDA, SGLang's defaults with it."""
+    if not have_cuda():
+        return engine_kwargs(**overrides)
+    return {"log_level": "error", **overrides}
+
+
+def machine_server_args(max_total_tokens: int = 16384, dtype: str = "float32") -> list:
+    """launch_server flags for this machine (the CPU ones without CUDA, none with it)."""
+    return [] if have_cuda() else server_args(max_total_tokens, dtype)

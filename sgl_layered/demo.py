@@ -54,6 +54,18 @@ async def _ask(engine, tokenizer, max_new_tokens):
     return await asyncio.gather(*(one(i, q) for i, q in enumerate(QUESTIONS)))
 
 
+def _quiet_imports() -> None:
+    """SGLang warns at import about quantization kernels and platforms this demo does not use, in this process and
+    in each process it spawns: a newcomer should see the answers and the schedule, not that noise."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # inherited by SGLang's scheduler and detokenizer
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.getLogger("sglang").setLevel(logging.ERROR)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m sgl_layered.demo")
     ap.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(PRESETS))
@@ -61,7 +73,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     args = ap.parse_args()
 
-    cpu.apply_env()
+    os.environ.update(cpu.machine_env())  # SGLang's CPU engine only where there is no CUDA device
+    _quiet_imports()
     import sgl_layered
     from transformers import AutoTokenizer
 
@@ -71,7 +84,7 @@ def main() -> None:
     trace = os.path.join(tempfile.mkdtemp(prefix="sgl_layered_demo_"), "trace.jsonl")
     t0 = time.perf_counter()
     engine = sgl_layered.Engine(model_path=str(path), enable_layered_prefill=True, layered_prefill_groups=args.groups,
-                                layered_prefill_trace=trace, **cpu.engine_kwargs(log_level="warning"))
+                                layered_prefill_trace=trace, **cpu.machine_engine_kwargs(log_level="error"))
     print(f"SGLang engine with layered prefill (groups={args.groups}) up in {time.perf_counter() - t0:.1f} s")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))

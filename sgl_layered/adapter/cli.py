@@ -1,7 +1,9 @@
-"""Launcher-side hooks (see hooks.HOOKS): CLI flags, pre-spawn validation, the scheduler handshake."""
+"""Launcher-side hooks (see hooks.HOOKS): CLI flags, pre-spawn validation, the attention backend, the scheduler
+handshake."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 from sgl_layered.core.config import ENV_VAR, LayeredConfig, LayeredConfigError
@@ -32,6 +34,41 @@ def from_cli_args_hook(original, cls, namespace):
     else:
         os.environ.pop(ENV_VAR, None)
     return server_args
+
+
+logger = logging.getLogger("sgl_layered")
+
+
+def _layered_launch() -> bool:
+    config = LayeredConfig.from_env()
+    return config is not None and config.enable_layered_prefill
+
+
+def served_default_attention_backend(original, server_args, use_mla_backend, model_config):
+    """AROUND hook on SGLang's default attention-backend choice (used when --attention-backend is unset): where SGLang
+    would pick a backend layered prefill does not serve (trtllm_mha on Blackwell; fa3 / FlashInfer for MLA models),
+    pick a served one before anything loads, and say so."""
+    backend = original(server_args, use_mla_backend, model_config)
+    if not _layered_launch() or backend in settings.served_attention_backends(bool(use_mla_backend)):
+        return backend
+    from sglang.srt.runtime_context import get_platform
+
+    served = settings.served_substitute(bool(use_mla_backend), bool(get_platform().has_flashinfer))
+    logger.warning("layered prefill: SGLang's default attention backend here is %s, which layered prefill does not "
+                   "serve%s; using %s", backend, " for MLA models" if use_mla_backend else "", served)
+    return served
+
+
+def check_resolved_attention_backend(result, server_args):
+    """AFTER hook on ServerArgs.resolve_once (the launching process, before any child starts): the attention backends
+    SGLang resolved, by default, by a model override or from the user's flags, must be ones layered prefill serves."""
+    if _layered_launch():
+        from sglang.srt.arg_groups.model_override_base import attention_backends_of, resolved_view, use_mla_backend
+
+        view = resolved_view(server_args)
+        prefill, decode = attention_backends_of(view)
+        settings.check_resolved_backends(prefill, decode, bool(use_mla_backend(view)))
+    return result
 
 
 def check_schedulers_hook(scheduler_infos, *args, **kwargs):

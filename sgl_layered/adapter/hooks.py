@@ -44,6 +44,14 @@ HOOKS: tuple = (
     Hook("sglang.srt.server_args.ServerArgs.from_cli_args", "AROUND", "sgl_layered.adapter.cli:from_cli_args_hook",
          MAIN, "read our flags (from_cli_args keeps only ServerArgs fields), validate them before anything "
                "is spawned, set the inputs layered mode needs, hand the settings to the children"),
+    Hook("sglang.srt.arg_groups.overrides.get_default_attn_backend", "AROUND",
+         "sgl_layered.adapter.cli:served_default_attention_backend", MAIN,
+         "with --attention-backend unset, SGLang picks per platform (fa3 on Hopper, trtllm_mha on Blackwell, fa3 / "
+         "FlashInfer for MLA): where that is not a backend layered prefill serves, pick a served one before loading"),
+    Hook("sglang.srt.server_args.ServerArgs.resolve_once", "AFTER",
+         "sgl_layered.adapter.cli:check_resolved_attention_backend", MAIN,
+         "refuse, before anything loads, an attention backend SGLang resolved (default, model override, flags) "
+         "that layered prefill does not serve"),
     Hook("sglang.srt.entrypoints.engine._wait_for_scheduler_ready", "AFTER",
          "sgl_layered.adapter.cli:check_schedulers_hook", MAIN,
          "refuse to serve unless every scheduler rank reports layered prefill installed and verified"),

@@ -25,7 +25,8 @@ from .timing import IterationClock, device_waiter
 
 logger = logging.getLogger("sgl_layered")
 
-_ATTENTION_BACKEND_CLASSES = {"TorchNativeAttnBackend", "TritonAttnBackend", "FlashInferAttnBackend"}
+_ATTENTION_BACKEND_CLASSES = {"TorchNativeAttnBackend", "TritonAttnBackend", "FlashInferAttnBackend",
+                               "FlashAttentionBackend"}
 
 
 class LayeredScheduler(Scheduler):

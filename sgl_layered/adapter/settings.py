@@ -92,9 +92,36 @@ def pop_config_kwargs(kwargs: dict) -> LayeredConfig:
     return LayeredConfig(**{name: kwargs.pop(name) for name in LayeredConfig.option_names() if name in kwargs})
 
 
-# Attention backends the fused pass is built for: torch_native (CPU, tested), triton (tested on CPU under Triton's
-# interpreter), flashinfer (GPU; tests in tests/gpu). The scheduler re-checks the backend SGLang resolved.
-ATTENTION_BACKENDS = ("torch_native", "triton", "flashinfer")
+# Attention backends the fused pass serves. MHA models: torch_native (CPU, tested), triton (tested on CPU under
+# Triton's interpreter), flashinfer and fa3 (GPU: their prompt-rows metadata is planned per cohort before the forward;
+# reasoned from SGLang's GPU code, tests in tests/gpu, not yet run on a GPU). fa3 is SGLang's default on Hopper.
+# MLA models (DeepSeek): torch_native and triton, whose MLA forward concatenates q/k itself; fa3 and FlashInfer MLA
+# need per-row rope operands and (FlashInfer) ragged prefill plans the row split is not verified for.
+ATTENTION_BACKENDS = ("torch_native", "triton", "flashinfer", "fa3")
+MLA_ATTENTION_BACKENDS = ("torch_native", "triton")
+
+
+def served_attention_backends(mla: bool) -> tuple:
+    return MLA_ATTENTION_BACKENDS if mla else ATTENTION_BACKENDS
+
+
+def served_substitute(mla: bool, has_flashinfer: bool) -> str:
+    """The backend layered prefill uses on a GPU where SGLang's default is one it does not serve."""
+    return "flashinfer" if has_flashinfer and not mla else "triton"
+
+
+def check_resolved_backends(prefill: str, decode: str, mla: bool) -> None:
+    """Refuse, before anything loads, a resolved attention-backend pair layered prefill does not serve."""
+    served = served_attention_backends(mla)
+    kind = "MLA models (DeepSeek)" if mla else "this model"
+    if prefill != decode:
+        raise LayeredConfigError(
+            f"--enable-layered-prefill runs prompt and decode rows in one forward with one attention backend; SGLang "
+            f"resolved prefill={prefill}, decode={decode}: pass one --attention-backend ({', '.join(served)})")
+    if prefill not in served:
+        raise LayeredConfigError(
+            f"--enable-layered-prefill serves {kind} with --attention-backend {' or '.join(served)}; SGLang resolved "
+            f"{prefill!r} (pass --attention-backend {served[-1]})")
 
 # Combinations layered prefill does not support yet. Each: (ServerArgs field, predicate on the user's value,
 # why). Checked on what the user asked for before launch; the scheduler re-checks the resolved values.
