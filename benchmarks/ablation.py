@@ -122,7 +122,7 @@ def server_args(plan: Plan, mode: str, routing: str, trace: str) -> List[str]:
     # accounted in the dtype that actually runs.
     accounting = ["--layered-prefill-expert-accounting", "--layered-prefill-routing", routing] \
         if plan.expert_accounting else []
-    return [*cpu.server_args(plan.max_total_tokens, "float32"), "--sleep-on-idle", *MODES[mode],
+    return [*cpu.machine_server_args(plan.max_total_tokens, "float32"), "--sleep-on-idle", *MODES[mode],
             "--layered-prefill-trace", trace, *accounting]
 
 
@@ -273,7 +273,7 @@ def main() -> None:
                     help="run the plan this many times, each with new seeds (every mode sees the same ones), and "
                          "report per-repetition values, medians and paired ratios against the first mode")
     args = ap.parse_args()
-    cpu.apply_env()
+    os.environ.update(cpu.machine_env())  # the CPU engine only where there is no CUDA device
     name = "quick" if args.quick else "policies" if args.policies else "dense" if args.dense else "default"
     plan = {"quick": quick_plan, "policies": policy_plan, "dense": dense_plan, "default": default_plan}[name]()
     if args.requests:

@@ -51,7 +51,7 @@ def engine_part(requests: int) -> dict:
     for mode, kw in modes.items():
         trace = tempfile.mkstemp(suffix=".jsonl")[1]
         engine = sgl_layered.Engine(model_path=model, layered_prefill_trace=trace, max_running_requests=4,
-                                    disable_overlap_schedule=True, **kw, **cpu.engine_kwargs())
+                                    disable_overlap_schedule=True, **kw, **cpu.machine_engine_kwargs())
         try:
             async def burst():
                 params = {"max_new_tokens": 1, "temperature": 0.0}
@@ -135,7 +135,7 @@ def main():
     ap.add_argument("--layers", type=int, default=8)
     args = ap.parse_args()
     from sgl_layered import cpu
-    cpu.apply_env()
+    os.environ.update(cpu.machine_env())
     results = {"engine": engine_part(args.requests),
                "micro": micro_part(args.prompt_rows, args.decode_rows, args.hidden, args.layers),
                "note": "CPU, 2 cores; medians; engine part: tiny-qwen3-moe, one-token requests, max_running_requests 4"}

@@ -100,7 +100,7 @@ def main():
     vocab = get_preset(args.model).vocab_size
     log = Path(args.out).with_suffix(".server.log")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    server = ServerProcess(path, [*cpu.server_args(), "--enable-layered-prefill", "--layered-prefill-groups",
+    server = ServerProcess(path, [*cpu.machine_server_args(), "--enable-layered-prefill", "--layered-prefill-groups",
                                   args.groups], log_path=log,
                            env={"SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE": "1"})
     try:

@@ -54,6 +54,15 @@ def machine_env() -> dict:
     return {} if have_cuda() else dict(CPU_ENV)
 
 
+def env_for_server_args(args) -> dict:
+    """Environment for a launch_server with these flags: the CPU engine's when they ask for `--device cpu` (so a
+    CPU server starts on a CUDA machine too), else this machine's."""
+    args = list(args)
+    asks_cpu = any(a == "--device" and i + 1 < len(args) and args[i + 1] == "cpu" for i, a in enumerate(args)) \
+        or "--device=cpu" in args
+    return dict(CPU_ENV) if asks_cpu else machine_env()
+
+
 def machine_engine_kwargs(**overrides) -> dict:
     """Engine settings for this machine: the CPU engine's (above) without CUDA, SGLang's defaults with it."""
     if not have_cuda():

@@ -35,7 +35,7 @@ class ServerProcess:
         self.cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model_path),
                     "--port", str(self.port), "--host", "127.0.0.1", *extra_args]
         self.log = open(log_path, "w") if log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.cmd, env={**os.environ, **cpu.machine_env(), **(env or {})}, stdout=self.log,
+        self.proc = subprocess.Popen(self.cmd, env={**os.environ, **cpu.env_for_server_args(extra_args), **(env or {})}, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout_s
         while time.time() < deadline:

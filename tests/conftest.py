@@ -14,7 +14,28 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from sgl_layered import cpu  # noqa: E402
 
-cpu.apply_env()
+GPU_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--gpu", action="store_true",
+                     help="run only the GPU tests in tests/gpu (CUDA and SGLang's GPU install); without it only the "
+                          "CPU suite runs, on SGLang's CPU engine even where a GPU is present")
+
+
+def pytest_configure(config):
+    # The CPU suite always runs SGLang's CPU engine, GPU or not; the GPU run keeps the machine's own settings.
+    # The two never share a process, so neither can change the other's environment.
+    if not config.getoption("--gpu"):
+        cpu.apply_env()
+
+
+def pytest_ignore_collect(collection_path, config):
+    path = str(collection_path)
+    in_gpu = path == GPU_DIR or path.startswith(GPU_DIR + os.sep)
+    if config.getoption("--gpu"):
+        return None if in_gpu or collection_path.is_dir() else True
+    return True if in_gpu else None
 
 _REFERENCE = {}
 

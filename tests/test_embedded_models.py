@@ -71,3 +71,12 @@ def test_bench_preset_is_expert_heavy():
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown embedded model"):
         get_preset("huge-model")
+
+
+def test_gpu_presets_use_head_dims_gpu_kernels_serve(fresh_cache):
+    from transformers import AutoConfig
+
+    gpu = [p for name, p in PRESETS.items() if name.startswith("gpu-")]
+    assert gpu and all(p.head_dim in (64, 128) for p in gpu)  # FlashInfer and fa3 builds all carry these
+    cfg = AutoConfig.from_pretrained(build("gpu-mixtral"))
+    assert cfg.hidden_size // cfg.num_attention_heads == 128 or getattr(cfg, "head_dim", None) == 128

@@ -35,14 +35,14 @@ def greedy(max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
     return {"max_new_tokens": max_new_tokens, "temperature": 0.0, "ignore_eos": True}
 
 
-async def _staggered(engine, ids_list, gap_s: float, max_new_tokens: int):
+async def _staggered(engine, ids_list, gap_s: float, max_new_tokens: int, request_kwargs: dict):
     tasks = []
 
     async def one(i, ids):
         await asyncio.sleep(i * gap_s)
         if i in PREFIX_SHARING:  # its prefix must be in the radix cache: wait until that request is done
             await tasks[PREFIX_SHARING[i][0]]
-        return await engine.async_generate(input_ids=ids, sampling_params=greedy(max_new_tokens))
+        return await engine.async_generate(input_ids=ids, sampling_params=greedy(max_new_tokens), **request_kwargs)
 
     for i, ids in enumerate(ids_list):
         tasks.append(asyncio.ensure_future(one(i, ids)))
@@ -50,11 +50,11 @@ async def _staggered(engine, ids_list, gap_s: float, max_new_tokens: int):
 
 
 def run_staggered(engine, ids_list, gap_s: float = 0.05, full: bool = False,
-                  max_new_tokens: int = MAX_NEW_TOKENS) -> list:
+                  max_new_tokens: int = MAX_NEW_TOKENS, **request_kwargs) -> list:
     """Submit prompts one after another so later prefills arrive while earlier requests decode (the tiny models
     decode 24 tokens in ~0.15 s on an idle machine: a 50 ms gap keeps several in flight on any machine).
-    Returns output token ids (or the full responses with `full`)."""
-    outs = engine.loop.run_until_complete(_staggered(engine, ids_list, gap_s, max_new_tokens))
+    Returns output token ids (or the full responses with `full`); `request_kwargs` go to every request."""
+    outs = engine.loop.run_until_complete(_staggered(engine, ids_list, gap_s, max_new_tokens, request_kwargs))
     drain(engine)
     return outs if full else [o["output_ids"] for o in outs]
 

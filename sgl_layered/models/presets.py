@@ -74,6 +74,14 @@ PRESETS: dict[str, ModelPreset] = {
         # (8 x 512 = 4096), so each token costs the same FLOPs; 100 MB of MLP weights that every pass reads.
         ModelPreset("bench-qwen3", "qwen3", num_layers=8, hidden=512, heads=8, kv_heads=4,
                     head_dim=64, num_experts=0, top_k=0, expert_intermediate=4096),
+        # GPU test models: head dims the GPU attention kernels serve (FlashInfer and fa3 compile a few head dims;
+        # 64 and 128 are in every build), 5 layers as in the tiny presets, fp16-friendly widths.
+        ModelPreset("gpu-qwen3-moe", "qwen3_moe", num_layers=5, hidden=256, heads=4, kv_heads=2,
+                    head_dim=64, num_experts=16, top_k=2, expert_intermediate=128),
+        ModelPreset("gpu-mixtral", "mixtral", num_layers=5, hidden=256, heads=4, kv_heads=2,
+                    head_dim=128, num_experts=8, top_k=2, expert_intermediate=128),
+        ModelPreset("gpu-qwen2-moe", "qwen2_moe", num_layers=5, hidden=256, heads=4, kv_heads=2,
+                    head_dim=64, num_experts=16, top_k=2, expert_intermediate=128, shared_expert_intermediate=256),
     ]
 }
 

@@ -1,11 +1,8 @@
-"""GPU end-to-end tests: run them on their own (`pytest tests/gpu`) on a machine with CUDA and SGLang's GPU
-install. They undo the CPU-engine settings the parent conftest applies for the CPU suite."""
-
-import os
+"""GPU end-to-end tests: `pytest --gpu` (from the repository root) runs these and only these, on a machine with
+CUDA and SGLang's GPU install; plain `pytest` never collects them (tests/conftest.py), so the CPU suite and the
+GPU suite never share a process or an environment."""
 
 import pytest
-
-from sgl_layered import cpu
 
 
 def _cuda() -> bool:
@@ -17,16 +14,9 @@ def _cuda() -> bool:
         return False
 
 
-HAVE_CUDA = _cuda()
-if HAVE_CUDA:
-    for key in cpu.CPU_ENV:
-        os.environ.pop(key, None)
-
-
 def pytest_collection_modifyitems(config, items):
-    if HAVE_CUDA:
+    if _cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
     for item in items:
-        if "tests/gpu/" in str(item.fspath).replace(os.sep, "/"):
-            item.add_marker(skip)
+        item.add_marker(skip)
