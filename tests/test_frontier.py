@@ -1,0 +1,58 @@
+"""Invariants of the matched-tail comparison (sgl_layered/analysis/frontier.py) before any number from it is
+published: the frontier keeps only undominated settings, the interpolation hits measured points exactly and
+refuses to extrapolate, a family compared with itself gives 1 inside its interval, and scaling one side's TTFT
+scales the ratio."""
+
+import random
+
+from sgl_layered.analysis.frontier import (Point, bootstrap_matched_ratio, matched_ratio, paired_ratio_ci, pareto,
+                                           point, ttft_at)
+from sgl_layered.analysis.latency import RequestRecord
+
+
+def _run(ttft, gap, n=60, seed=0, scale=1.0):
+    rng = random.Random(seed)
+    return [RequestRecord(ttft=scale * ttft * rng.uniform(0.8, 1.2), gaps=[gap * rng.uniform(0.5, 1.0) for _ in range(20)],
+                          e2e=1.0, prompt_len=100, output_len=21, success=True) for _ in range(n)]
+
+
+FAMILY = {"64": (4.0, 0.10), "256": (2.0, 0.20), "1024": (1.0, 0.40)}  # small chunks: short gaps, late first tokens
+
+
+def _family(scale=1.0, seed=0):
+    return {s: _run(t, g, seed=seed + i, scale=scale) for i, (s, (t, g)) in enumerate(FAMILY.items())}
+
+
+def test_pareto_drops_dominated_points():
+    pts = [Point("a", 0.1, 4.0), Point("b", 0.2, 5.0), Point("c", 0.3, 1.0), Point("d", 0.05, 9.0)]
+    assert [p.setting for p in pareto(pts)] == ["d", "a", "c"]
+
+
+def test_interpolation_exact_at_points_and_never_extrapolates():
+    front = pareto([Point("a", 0.1, 4.0), Point("b", 0.3, 2.0)])
+    assert ttft_at(front, 0.1) == 4.0 and ttft_at(front, 0.3) == 2.0
+    assert abs(ttft_at(front, 0.2) - 3.0) < 1e-12
+    assert ttft_at(front, 0.05) is None and ttft_at(front, 0.31) is None
+
+
+def test_a_family_against_itself_is_one_and_scaling_scales():
+    base = _family()
+    for setting, records in base.items():
+        assert abs(matched_ratio(records, base) - 1.0) < 1e-9
+    faster = _family(scale=0.5)
+    for setting in base:
+        assert abs(matched_ratio(faster[setting], base) - 0.5) < 1e-9
+    m = bootstrap_matched_ratio(base["256"], base, draws=200)
+    assert m.low <= 1.0 <= m.high and m.matched_draws > 0.5
+
+
+def test_outside_the_base_range_is_unmatched():
+    base = _family()
+    assert matched_ratio(_run(1.0, 2.0), base) is None  # a tail the base family never showed
+    assert point("x", []) is None
+
+
+def test_paired_ratio_keeps_pairs():
+    pairs = [(1.0, 2.0), (1.1, 2.0), (0.9, 2.1), (1.0, 1.9), (1.2, 2.2)]
+    r = paired_ratio_ci(pairs, draws=500)
+    assert abs(r["ratio"] - 0.5) < 1e-9 and r["ci95"][0] <= 0.5 <= r["ci95"][1] and r["wins"] == 5
