@@ -54,7 +54,19 @@ MODES: Dict[str, List[str]] = {
                           "--layered-prefill-cost-profile", "H100-SXM"],
     # The chunk x layer hybrid (issue 4 d): prompts admitted 1024 tokens at a time, each chunk layered.
     "layered-auto+hybrid-1024": ["--enable-layered-prefill", "--layered-prefill-chunk-tokens", "1024"],
+    # Stock SGLang without its overlap loop (on this CPU the loop delays every output by one forward, which a GPU
+    # would hide): the fair stock baseline next to the one users run.
+    "sglang-no-overlap": ["--disable-overlap-schedule"],
 }
+# The frontier families: each sweeps its knob over the same per-iteration prefill work (tokens per chunk or per
+# layer group), so a family's settings trade TTFT against the token-gap tail.
+FRONTIER_SIZES = [64, 128, 256, 512, 1024, 2048]
+FAMILIES = {"mixed-chunk": "mixed-chunk-{}", "layered-paper": "layered-paper-{}", "layered-ours": "layered-ours-{}"}
+for _n in FRONTIER_SIZES:
+    MODES[f"mixed-chunk-{_n}"] = ["--enable-mixed-chunk", "--chunked-prefill-size", str(_n)]
+    MODES[f"layered-paper-{_n}"] = ["--enable-layered-prefill", "--layered-prefill-group-tokens", str(_n)]
+    MODES[f"layered-ours-{_n}"] = ["--enable-layered-prefill", "--layered-prefill-policy", "adaptive",
+                                   "--layered-prefill-group-tokens", str(_n)]
 
 
 @dataclass
@@ -107,6 +119,30 @@ def policy_plan() -> Plan:
         slo={"sharegpt-like": [6.0, 1.0], "arxiv-like": [15.0, 1.0]}, sweep_rates_for=POLICY_MODES)
 
 
+def frontier_plan() -> Plan:
+    """Issue 13's fair baselines in the paper's regime: a decode batch running while long prompts arrive.
+
+    Every family at every size, plus stock SGLang with and without its overlap loop, on both workloads, at one
+    rate each chosen so that decode batches of 16-48 requests form (outputs at 1/2 of the traces' lengths, prompts
+    at 1/8, the CPU's scale factors), 100 requests per run. Exclusion rules, fixed before running: no run and no
+    request is dropped; a request that errors counts as an SLO miss and is listed; a server that fails to start
+    stops the benchmark. Matched-tail ratios: analysis/frontier.py, reported by benchmarks/report.py."""
+    modes = ["sglang-default", "sglang-no-overlap"] + [f.format(n) for f in FAMILIES.values() for n in FRONTIER_SIZES]
+    return Plan(
+        model="bench-qwen3-moe", routings={"calibrated": modes},
+        rates={"sharegpt-like": [1.5], "arxiv-like": [0.5]}, requests=100, prompt_scale=1 / 8, output_scale=1 / 2,
+        slo={"sharegpt-like": [6.0, 1.0], "arxiv-like": [15.0, 1.0]}, max_concurrency=64)
+
+
+def frontier_quick_plan() -> Plan:
+    """The frontier pipeline on the tiny model with two sizes per family (CI)."""
+    modes = ["sglang-no-overlap"] + [f.format(n) for f in FAMILIES.values() for n in (64, 512)]
+    return Plan(
+        model="tiny-qwen3-moe", routings={"model": modes},
+        rates={"sharegpt-like": [4.0]}, requests=8, prompt_scale=1 / 8, output_scale=1 / 16,
+        slo={"sharegpt-like": [5.0, 0.5]}, max_total_tokens=32768, quick=True)
+
+
 def dense_plan() -> Plan:
     """Issue 5: a dense model gains nothing from layering (no expert weights re-streamed per chunk); shown, not
     assumed. Same workloads, rates and SLOs as the default sweep's first rate."""
@@ -152,7 +188,7 @@ def run(plan: Plan, out_dir: str) -> dict:
                 sweep = plan.quick or (routing == "model" and mode in plan.sweep_rates_for)
                 for rate in (rates if sweep else rates[:1]):
                     jobs.append((routing, mode, wname, rate))
-    results, traces = [], {}
+    results, traces, run_records = [], {}, {}
     bar = tqdm(total=len(jobs) * plan.requests, desc="requests", unit="req")
     t_start = time.time()
     for routing, modes in plan.routings.items():
@@ -171,9 +207,11 @@ def run(plan: Plan, out_dir: str) -> dict:
                     server.flush_cache()
                     bar.set_postfix_str(f"{routing}/{mode}/{wname}@{rate}")
                     records, duration = run_load(server.url, prompts, lengths, arrivals, plan.max_concurrency, bar)
+                    save_records(records, os.path.join(out_dir, "records", f"{routing}-{mode}-{wname}-{rate}.json.gz"))
                     time.sleep(0.5)  # let the last trace lines land
                     rows, offset = read_new_rows(trace, offset)
                     ttft_slo, tbt_slo = plan.slo[wname]
+                    run_records[(routing, mode, wname, rate)] = records
                     results.append({
                         "routing": routing, "mode": mode, "workload": wname, "rate": rate,
                         "latency": latency.summarize(records, duration, ttft_slo, tbt_slo),
@@ -181,6 +219,7 @@ def run(plan: Plan, out_dir: str) -> dict:
                         "iterations": len(rows), "duration_s": duration,
                     })
                     traces.setdefault((routing, wname), []).append((len(results) - 1, rows))
+            compress(trace)
     bar.close()
     coverage_tables = {}
     for (routing, wname), items in traces.items():
@@ -193,6 +232,10 @@ def run(plan: Plan, out_dir: str) -> dict:
         "routing_note": "'calibrated' = opt-in Zipf-skewed routing for random-weight models (not the model's own)",
         "runs": results,
     }
+    if any(m.startswith("mixed-chunk-") for modes in plan.routings.values() for m in modes):
+        report["families"] = {f: [m for modes in plan.routings.values() for m in modes
+                                  if m.startswith(f + "-") and m.rsplit("-", 1)[1].isdigit()] for f in FAMILIES}
+        report["matched_tail"] = matched_tail(run_records, report["families"], draws=200 if plan.quick else 1000)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(report, f, indent=1)
     write_csv(report, os.path.join(out_dir, "results.csv"))
@@ -238,6 +281,52 @@ def repeated(plan: Plan, out_dir: str, times: int) -> None:
               f"TTFT ratio to {first}: {' '.join(f'{v:.2f}' for v in ratio)}")
 
 
+def matched_tail(run_records: dict, families: Dict[str, List[str]], draws: int) -> List[dict]:
+    """Each layered run's TTFT p50 over mixed-chunk prefill's frontier TTFT at the run's own token-gap p99, with a
+    request-bootstrap 95% interval (sgl_layered/analysis/frontier.py), per routing, workload and rate."""
+    from sgl_layered.analysis.frontier import bootstrap_matched_ratio
+
+    out = []
+    for (routing, mode, wname, rate), records in run_records.items():
+        if mode in families["mixed-chunk"] or not any(mode in ms for ms in families.values()):
+            continue
+        base = {m: run_records[(routing, m, wname, rate)] for m in families["mixed-chunk"]
+                if (routing, m, wname, rate) in run_records}
+        m = bootstrap_matched_ratio(records, base, draws=draws)
+        out.append({"routing": routing, "mode": mode, "workload": wname, "rate": rate,
+                    "against": "mixed-chunk frontier", **m.as_dict()})
+    return out
+
+
+def save_records(records, path: str) -> None:
+    """Every request of a run, gzipped JSON: arrival (s from the run's start), lengths, TTFT and every token gap
+    (token timestamps follow: RequestRecord.token_times)."""
+    import gzip
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with gzip.open(path, "wt") as f:
+        json.dump([asdict(r) for r in records], f)
+
+
+def load_records(path: str):
+    import gzip
+
+    from sgl_layered.analysis.latency import RequestRecord
+
+    with gzip.open(path, "rt") as f:
+        return [RequestRecord(**r) for r in json.load(f)]
+
+
+def compress(path: str) -> None:
+    """Gzip a finished trace in place of the plain file (traces are most of a results directory's bytes)."""
+    import gzip
+    import shutil
+
+    with open(path, "rb") as src, gzip.open(path + ".gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.remove(path)
+
+
 def write_csv(report: dict, path: str) -> None:
     rows = []
     for r in report["runs"]:
@@ -264,6 +353,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny model, few modes and requests (CI)")
     ap.add_argument("--policies", action="store_true", help="paper rule vs our policy on the bench model")
     ap.add_argument("--dense", action="store_true", help="layered vs chunked on a dense model (bench-qwen3)")
+    ap.add_argument("--frontier", action="store_true",
+                    help="fair baselines: every family (mixed chunk, layered paper/ours) at sizes 64..2048 and stock "
+                         "with and without overlap, in the paper's regime (add --quick for the tiny CI version)")
     ap.add_argument("--out", default=None, help="output directory (default benchmarks/results/<quick|default>)")
     ap.add_argument("--requests", type=int, default=None, help="requests per run")
     ap.add_argument("--modes", default=None, help="comma-separated subset of the plan's modes")
@@ -274,8 +366,10 @@ def main() -> None:
                          "report per-repetition values, medians and paired ratios against the first mode")
     args = ap.parse_args()
     os.environ.update(cpu.machine_env())  # the CPU engine only where there is no CUDA device
-    name = "quick" if args.quick else "policies" if args.policies else "dense" if args.dense else "default"
-    plan = {"quick": quick_plan, "policies": policy_plan, "dense": dense_plan, "default": default_plan}[name]()
+    name = ("frontier-quick" if args.frontier and args.quick else "frontier" if args.frontier else "quick"
+            if args.quick else "policies" if args.policies else "dense" if args.dense else "default")
+    plan = {"quick": quick_plan, "policies": policy_plan, "dense": dense_plan, "default": default_plan,
+            "frontier": frontier_plan, "frontier-quick": frontier_quick_plan}[name]()
     if args.requests:
         plan.requests = args.requests
     if args.seed is not None:

@@ -45,6 +45,7 @@ async def _run(url: str, prompts: List[list], lengths: List[tuple], arrivals: Li
         if delay > 0:
             await asyncio.sleep(delay)
         async with gate:
+            sent = time.perf_counter() - start
             req = serving.RequestFuncInput(prompt=ids, api_url=url + "/generate", prompt_len=len(ids),
                                            output_len=out_len, model="", lora_name=None, image_data=None,
                                            extra_request_body={})
@@ -52,7 +53,7 @@ async def _run(url: str, prompts: List[list], lengths: List[tuple], arrivals: Li
         if progress is not None:
             progress.update(1)
         return RequestRecord(ttft=out.ttft, gaps=list(out.itl), e2e=out.latency, prompt_len=len(ids),
-                             output_len=out.output_len, success=out.success, error=out.error[-500:])
+                             output_len=out.output_len, success=out.success, error=out.error[-500:], arrival=sent)
 
     records = await asyncio.gather(*(one(ids, o, at) for ids, (_, o), at in zip(prompts, lengths, arrivals)))
     return records, time.perf_counter() - start

@@ -19,8 +19,41 @@ def _label(report):
 
 
 def make_plots(report: dict, out_dir: str) -> list:
-    paths = [pareto(report, out_dir), expert_bytes(report, out_dir), rates(report, out_dir)]
+    if "matched_tail" in report:  # a frontier plan: one routing, one rate per workload
+        paths = [frontier(report, out_dir), expert_bytes(report, out_dir)]
+    else:
+        paths = [pareto(report, out_dir), expert_bytes(report, out_dir), rates(report, out_dir)]
     return [p for p in paths if p]
+
+
+def frontier(report, out_dir):
+    """TTFT p50 against token-gap p99: each family's settings joined by size, stock SGLang as single points."""
+    wls = list(report["plan"]["rates"])
+    fig, axes = plt.subplots(1, len(wls), figsize=(6 * len(wls), 4.5), squeeze=False)
+    for ax, w in zip(axes[0], wls):
+        runs = [r for r in report["runs"] if r["workload"] == w and r["latency"]["tbt_p99_s"] is not None]
+        for family, members in report["families"].items():
+            pts = [(r["latency"]["tbt_p99_s"], r["latency"]["ttft_p50_s"], r["mode"].rsplit("-", 1)[1])
+                   for m in members for r in runs if r["mode"] == m]
+            if pts:
+                line, = ax.plot([p[0] * 1e3 for p in pts], [p[1] for p in pts], marker="o", label=family)
+                for x, y, size in pts:
+                    ax.annotate(size, (x * 1e3, y), fontsize=6, color=line.get_color())
+        for r in runs:
+            if r["mode"].startswith("sglang"):
+                ax.plot([r["latency"]["tbt_p99_s"] * 1e3], [r["latency"]["ttft_p50_s"]], marker="x", ls="",
+                        label=r["mode"])
+        ax.set_xlabel("token gap p99 (ms)")
+        ax.set_ylabel("TTFT p50 (s)")
+        ax.set_title(f"{w}: frontier per family (lower-left is better)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(_label(report), fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "frontier.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def pareto(report, out_dir):

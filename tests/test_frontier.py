@@ -56,3 +56,39 @@ def test_paired_ratio_keeps_pairs():
     pairs = [(1.0, 2.0), (1.1, 2.0), (0.9, 2.1), (1.0, 1.9), (1.2, 2.2)]
     r = paired_ratio_ci(pairs, draws=500)
     assert abs(r["ratio"] - 0.5) < 1e-9 and r["ci95"][0] <= 0.5 <= r["ci95"][1] and r["wins"] == 5
+
+
+def test_benchmark_reports_matched_tail_and_plots_the_frontier(tmp_path):
+    """benchmarks/ablation.py's frontier report on synthetic records: each layered run is matched against the
+    mixed-chunk family, and the frontier plot is drawn (the servers themselves run in `ablation.py --frontier`)."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import ablation
+    import plots
+
+    families = {"mixed-chunk": ["mixed-chunk-64", "mixed-chunk-256", "mixed-chunk-1024"],
+                "layered-paper": ["layered-paper-256"], "layered-ours": []}
+    records = {("calibrated", m, "w", 1.0): _run(t, g, seed=i) for i, (m, (t, g)) in
+               enumerate(zip(families["mixed-chunk"], FAMILY.values()))}
+    records[("calibrated", "layered-paper-256", "w", 1.0)] = _run(1.0, 0.2, seed=9)
+    records[("calibrated", "sglang-default", "w", 1.0)] = _run(0.5, 2.0, seed=10)
+    (m,) = ablation.matched_tail(records, families, draws=100)
+    assert m["mode"] == "layered-paper-256" and 0.4 < m["ratio"] < 0.6 and m["ci95"][0] < m["ratio"] < m["ci95"][1]
+
+    def summary(recs):
+        p = point("x", recs)
+        return {"tbt_p99_s": p.gap_p99, "ttft_p50_s": p.ttft_p50}
+
+    report = {"model": "synthetic", "commit": "test", "plan": {"rates": {"w": [1.0]}}, "families": families,
+              "runs": [{"mode": k[1], "workload": "w", "latency": summary(v)} for k, v in records.items()]}
+    assert os.path.getsize(plots.frontier(report, str(tmp_path))) > 10_000
+    path = str(tmp_path / "r.json.gz")
+    ablation.save_records(records[("calibrated", "sglang-default", "w", 1.0)], path)
+    assert ablation.load_records(path) == records[("calibrated", "sglang-default", "w", 1.0)]
+
+
+def test_token_times_follow_arrival_ttft_and_gaps():
+    r = RequestRecord(ttft=0.5, gaps=[0.1, 0.2], e2e=0.8, prompt_len=3, output_len=3, success=True, arrival=2.0)
+    assert r.token_times() == [2.5, 2.6, 2.8000000000000003] and len(r.token_times()) == r.output_len

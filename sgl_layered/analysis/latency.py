@@ -19,6 +19,16 @@ class RequestRecord:
     output_len: int
     success: bool
     error: str = ""
+    arrival: float = 0.0  # seconds from the run's start to the request's send; tokens come at arrival + ttft + gaps
+
+    def token_times(self) -> List[float]:
+        """Each output token's time from the run's start (the first at arrival + TTFT, then every gap)."""
+        t = self.arrival + self.ttft
+        out = [t]
+        for g in self.gaps:
+            t += g
+            out.append(t)
+        return out
 
 
 def percentile(values: List[float], q: float) -> Optional[float]:
