@@ -20,8 +20,10 @@ TEST = ["chunked-2048", "layered-G2", "layered-G4", "layered-G8"]
 
 
 def rows(directory, mode):
+    import gzip
+
     path = os.path.join(directory, f"trace-model-{mode}.jsonl")
-    with open(path) as f:
+    with (gzip.open(path + ".gz", "rt") if os.path.exists(path + ".gz") else open(path)) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
