@@ -70,3 +70,49 @@ def test_unserved_choices_are_refused_before_loading_naming_the_flag(models):
     with pytest.raises(LayeredConfigError, match="one forward with one attention backend"):
         _resolve(models["tiny-qwen3-moe"], H200, prefill_attention_backend="flashinfer")
     assert _resolve(models["tiny-deepseek-v2"], H200, attention_backend="triton") == "triton"
+
+
+def test_fa3_prompt_and_decode_metadata_are_planned_per_instance(monkeypatch):
+    """fa3's metadata path on this CPU (its kernels need a GPU): the cohort's prompt rows get their own backend
+    instance, planned before the forward from the cohort's extend batch (cached prefix included); the decode
+    instance, planned afterwards from the decode batch, leaves the prompt instance's plan intact."""
+    from types import SimpleNamespace
+
+    import sgl_kernel
+    import torch
+
+    def merge_state_v2(*args, **kwargs):  # imported by the module; a kernel this metadata test never calls
+        raise NotImplementedError("fa3's state merge needs sgl-kernel on a GPU")
+
+    monkeypatch.setitem(vars(sgl_kernel), "merge_state_v2", merge_state_v2)
+    from sglang.srt.layers.attention.flashattention_backend import FlashAttentionBackend
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    req_to_token = torch.arange(4 * 64, dtype=torch.int32).reshape(4, 64)
+
+    def instance():  # the attributes its metadata path reads (its __init__ needs a CUDA device)
+        b = object.__new__(FlashAttentionBackend)
+        b.req_to_token_pool = SimpleNamespace(req_to_token=req_to_token)
+        b.req_to_token, b.max_context_len, b.topk, b.page_size, b.device = req_to_token, 64, 0, 1, "cpu"
+        b.kv_index_translator = SimpleNamespace(is_translating=False)
+        b.use_sliding_window_kv_pool = b.is_prefill_aware_swa = False
+        b.local_attn_builder = None
+        b.use_mla, b._get_scheduler_metadata = False, None  # fa3's decode split heuristic is a GPU kernel: not run
+        return b
+
+    def batch(mode, pools, prefix, new):
+        seq = [p + n for p, n in zip(prefix, new)]
+        return SimpleNamespace(forward_mode=mode, batch_size=len(seq), seq_lens=torch.tensor(seq),
+                               seq_lens_cpu=torch.tensor(seq), req_pool_indices=torch.tensor(pools),
+                               extend_prefix_lens_cpu=prefix, extend_seq_lens=torch.tensor(new),
+                               extend_seq_lens_cpu=new, encoder_lens=None, spec_info=None)
+
+    prompt, decode = instance(), instance()
+    prompt.init_forward_metadata(batch(ForwardMode.EXTEND, [1, 3], prefix=[0, 5], new=[7, 4]))
+    plan = prompt.forward_metadata
+    decode.init_forward_metadata(batch(ForwardMode.DECODE, [0, 2], prefix=[20, 9], new=[1, 1]))
+    assert prompt.forward_metadata is plan
+    assert plan.cu_seqlens_q.tolist() == [0, 7, 11] and plan.cu_seqlens_k.tolist() == [0, 7, 16]
+    assert plan.page_table[1, :9].tolist() == req_to_token[3, :9].tolist()  # prefix + new tokens of request 3
+    assert decode.forward_metadata.cu_seqlens_q.tolist() == [0, 1, 2]
+    assert decode.forward_metadata.cu_seqlens_k.tolist() == [0, 21, 31]
