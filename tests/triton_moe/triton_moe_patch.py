@@ -45,36 +45,13 @@ def _write(record: dict) -> None:
         f.write(json.dumps({"pid": os.getpid(), **record}) + "\n")
 
 
-# -- moe_align_block_size's CUDA kernel, in torch -------------------------------------------------------------------
-def align_block_size_torch(topk_ids, num_buckets, block_size, sorted_ids, expert_ids, num_tokens_post_pad,
-                           cumsum_buffer, pad_sorted_ids, ignore_invalid_expert=False):
-    """The CUDA kernel's contract, with the same arguments: slot i of the flattened `topk_ids` goes to bucket
-    id + 1 (bucket 0 holds id -1, an expert filtered out); each bucket's slot indices are written in order into
-    its stretch of `sorted_ids`, every stretch padded to a multiple of `block_size`; the padding holds
-    topk_ids.numel() (no slot); expert_ids[b] is the expert of block b (bucket - 1); num_tokens_post_pad[0] is
-    the padded total; cumsum_buffer holds the stretches' starts."""
-    import torch
+# -- moe_align_block_size's CUDA kernel, in torch (shared with the GPU device check) ------------------------------
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks", "device"))
+from moe_align_torch import align_block_size_torch as _align  # noqa: E402  (imports torch only when called)
 
-    if ignore_invalid_expert:
-        raise NotImplementedError("the test's moe_align_block_size does not drop invalid experts")
-    slots = topk_ids.reshape(-1).to(torch.long)
-    numel = slots.numel()
-    bucket = slots + 1
-    counts = torch.bincount(bucket, minlength=num_buckets)
-    padded = (counts + block_size - 1) // block_size * block_size
-    starts = torch.zeros(num_buckets + 1, dtype=torch.long, device=slots.device)
-    starts[1:] = torch.cumsum(padded, 0)
-    unpadded_starts = torch.cumsum(counts, 0) - counts
-    order = torch.argsort(bucket, stable=True)  # slot indices grouped by bucket, in slot order inside a bucket
-    rank = torch.arange(numel, device=slots.device) - unpadded_starts[bucket[order]]
-    if pad_sorted_ids:
-        sorted_ids.fill_(numel)
-    sorted_ids[starts[bucket[order]] + rank] = order.to(sorted_ids.dtype)
-    blocks = torch.repeat_interleave(torch.arange(num_buckets, device=slots.device) - 1, padded // block_size)
-    expert_ids.fill_(-1)
-    expert_ids[: blocks.numel()] = blocks.to(expert_ids.dtype)
-    num_tokens_post_pad[0] = int(starts[-1])
-    cumsum_buffer[: num_buckets + 1] = starts.to(cumsum_buffer.dtype)
+
+def align_block_size_torch(*args, **kwargs):
+    _align(*args, **kwargs)
     if _current is not None:
         _current["aligns"] += 1
 
