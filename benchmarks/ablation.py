@@ -172,7 +172,7 @@ def read_new_rows(path: str, offset: int):
 def run(plan: Plan, out_dir: str) -> dict:
     from tqdm import tqdm
 
-    from load import make_prompts, run_load
+    from load import EnergyMeter, make_prompts, run_load
     from sgl_layered.models import build, get_preset
     from sgl_layered.serve import ServerProcess
 
@@ -206,7 +206,9 @@ def run(plan: Plan, out_dir: str) -> dict:
                     arrivals = workloads.poisson_arrivals(plan.requests, rate, seed=plan.seed + 2)
                     server.flush_cache()
                     bar.set_postfix_str(f"{routing}/{mode}/{wname}@{rate}")
-                    records, duration = run_load(server.url, prompts, lengths, arrivals, plan.max_concurrency, bar)
+                    with EnergyMeter() as meter:  # GPU energy via NVML; on CPU it records why not
+                        records, duration = run_load(server.url, prompts, lengths, arrivals, plan.max_concurrency,
+                                                     bar)
                     save_records(records, os.path.join(out_dir, "records", f"{routing}-{mode}-{wname}-{rate}.json.gz"))
                     time.sleep(0.5)  # let the last trace lines land
                     rows, offset = read_new_rows(trace, offset)
@@ -217,6 +219,8 @@ def run(plan: Plan, out_dir: str) -> dict:
                         "latency": latency.summarize(records, duration, ttft_slo, tbt_slo),
                         "experts": expert_traffic.totals(rows),
                         "iterations": len(rows), "duration_s": duration,
+                        "energy": {**meter.result, "J_per_output_token": meter.per_output_token(
+                            sum(r.output_len for r in records if r.success))},
                     })
                     traces.setdefault((routing, wname), []).append((len(results) - 1, rows))
             compress(trace)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import time
-from typing import List
+from typing import List, Optional
 
 from sgl_layered.analysis.latency import RequestRecord
 
@@ -62,3 +63,80 @@ async def _run(url: str, prompts: List[list], lengths: List[tuple], arrivals: Li
 def run_load(url: str, prompts, lengths, arrivals, max_concurrency: int = 64, progress=None):
     """Send every request at its arrival time; return (records, duration_s)."""
     return asyncio.run(_run(url, prompts, lengths, arrivals, max_concurrency, progress))
+
+
+class EnergyMeter:
+    """GPU energy over a run from NVML's total-energy counters (nvmlDeviceGetTotalEnergyConsumption, mJ since the
+    driver loaded; Volta and later), read before and after, summed over the GPUs this process can see. It measures
+    the whole board (every process on those GPUs, idle power included), not our server alone. Where CUDA or pynvml
+    is missing, `result` says why and measures nothing:
+
+        with EnergyMeter() as meter:
+            run_load(...)
+        meter.result  # {"measured": True, "joules": ..., ...} or {"measured": False, "why": "no GPU (CPU run)"}
+    """
+
+    def __init__(self):
+        self.result: dict = {"measured": False, "why": "not started"}
+        self._nvml = self._handles = self._start = None
+
+    @staticmethod
+    def _cuda_available() -> bool:
+        try:
+            import torch
+        except ImportError:
+            return False
+        return torch.cuda.is_available()
+
+    def _indices(self, count: int) -> List[int]:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible:
+            try:
+                return [int(x) for x in visible.split(",") if x.strip()]
+            except ValueError:  # GPU UUIDs: fall back to every GPU
+                pass
+        return list(range(count))
+
+    def _read(self) -> List[float]:
+        return [self._nvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1e3 for h in self._handles]
+
+    def __enter__(self) -> "EnergyMeter":
+        if not self._cuda_available():
+            self.result = {"measured": False, "why": "no GPU (CPU run)"}
+            return self
+        try:
+            import pynvml
+        except ImportError as e:
+            self.result = {"measured": False, "why": f"pynvml not importable ({e})"}
+            return self
+        try:
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i)
+                             for i in self._indices(pynvml.nvmlDeviceGetCount())]
+            self._start = (time.perf_counter(), self._read())
+        except pynvml.NVMLError as e:
+            self.result = {"measured": False, "why": f"NVML: {e}"}
+            self._start = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._start is None:
+            return
+        try:
+            end, t0 = self._read(), self._start[0]
+            seconds = time.perf_counter() - t0
+            per_gpu = [b - a for a, b in zip(self._start[1], end)]
+            self.result = {"measured": True, "joules": sum(per_gpu), "per_gpu_J": per_gpu, "seconds": seconds,
+                           "mean_W": sum(per_gpu) / seconds if seconds > 0 else None,
+                           "source": "NVML nvmlDeviceGetTotalEnergyConsumption (whole boards, idle included)"}
+        except self._nvml.NVMLError as e:
+            self.result = {"measured": False, "why": f"NVML: {e}"}
+        finally:
+            self._nvml.nvmlShutdown()
+
+    def per_output_token(self, output_tokens: int) -> Optional[float]:
+        """Measured joules per output token, or None when nothing was measured."""
+        if not self.result.get("measured") or not output_tokens:
+            return None
+        return self.result["joules"] / output_tokens

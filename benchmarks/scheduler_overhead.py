@@ -39,6 +39,23 @@ def timed(fn, repeat=2000):
     return statistics.median(samples)
 
 
+async def _burst(engine, requests: int) -> list:
+    """Queue every request while SGLang's scheduling is paused, then let it drain: the waiting queue starts at the
+    full depth (sent one by one, requests would be served about as fast as the tokenizer hands them over)."""
+    from sglang.srt.managers.io_struct import ContinueGenerationReqInput, PauseGenerationReqInput
+
+    tm = engine.tokenizer_manager
+    params = {"max_new_tokens": 1, "temperature": 0.0}
+    await tm.pause_generation(PauseGenerationReqInput(mode="in_place"))
+    tasks = [asyncio.ensure_future(engine.async_generate(input_ids=[7 + i % 1000], sampling_params=params))
+             for i in range(requests)]
+    while len(tm.rid_to_state) < requests:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(2.0)  # the scheduler takes the last ones into its waiting queue
+    await tm.continue_generation(ContinueGenerationReqInput())
+    return await asyncio.gather(*tasks)
+
+
 def engine_part(requests: int) -> dict:
     import sgl_layered
     from sgl_layered import cpu
@@ -53,11 +70,7 @@ def engine_part(requests: int) -> dict:
         engine = sgl_layered.Engine(model_path=model, layered_prefill_trace=trace, max_running_requests=4,
                                     disable_overlap_schedule=True, **kw, **cpu.machine_engine_kwargs())
         try:
-            async def burst():
-                params = {"max_new_tokens": 1, "temperature": 0.0}
-                return await asyncio.gather(*(engine.async_generate(input_ids=[7 + i % 1000], sampling_params=params)
-                                              for i in range(requests)))
-            engine.loop.run_until_complete(burst())
+            engine.loop.run_until_complete(_burst(engine, requests))
             engine.get_server_info()
         finally:
             engine.shutdown()

@@ -5,7 +5,9 @@ Per layer, attention and MoE each cost max(bytes / bandwidth, flops / rate) plus
     own tokens and any cached prefix; decode: over its context);
   MoE bytes: distinct experts touched x bytes per expert (+ shared experts); flops: 2 * rows * k * 3 * H * I;
   dense FFN layers: their weights once, 2 * rows * 3 * H * I flops.
-Tensor parallelism divides weights, KV and flops by TP and adds two all-reduces per layer. The number of
+Tensor parallelism divides weights, KV and flops by TP and adds two all-reduces per layer. Each iteration also
+reports the HBM bytes and FLOPs it modelled, summed over the TP ranks (the energy model's inputs; all-reduce
+traffic and the per-iteration overhead's work, e.g. embedding and LM head, are not in them). The number of
 distinct experts n rows touch is the exact expectation U(n) = sum_e 1 - (1 - pi_e)^n, with pi_e each expert's
 inclusion probability: k/E for uniform routing, or from a Zipf(alpha) prior drawn without replacement
 (Plackett-Luce, as the calibrated routing of the CPU benchmarks does), estimated once by Monte Carlo.
@@ -55,6 +57,8 @@ class IterationCost:
     seconds: float
     expert_bytes: float  # distinct experts x bytes per expert, all layers
     prefill_expert_bytes: float  # what prefill rows add over the decode rows alone
+    hbm_bytes: float = 0.0  # every modelled HBM byte (weights, KV, experts), all TP ranks together
+    flops: float = 0.0  # every modelled FLOP, all TP ranks together
 
 
 class CostModel:
@@ -82,22 +86,25 @@ class CostModel:
         # Layers between these boundaries are identical work: cost one and multiply.
         cuts = sorted({0, m.layers, min(m.dense_layers, m.layers)}
                       | {x for p in pieces for x in p.layers if 0 <= x <= m.layers})
-        seconds, expert_bytes, prefill_expert_bytes = self.overhead_s, 0.0, 0.0
+        seconds = self.overhead_s
+        expert_bytes = prefill_expert_bytes = hbm_bytes = flops = 0.0
         for lo, hi in zip(cuts, cuts[1:]):
             if hi <= lo:
                 continue
             active = tuple(p for p in pieces if p.layers[0] <= lo < p.layers[1])
-            s, eb, peb = self._layer(lo, b, decode_kv, active)
+            s, eb, peb, hb, fl = self._layer(lo, b, decode_kv, active)
             seconds += s * (hi - lo)
             expert_bytes += eb * (hi - lo)
             prefill_expert_bytes += peb * (hi - lo)
-        return IterationCost(seconds, expert_bytes, prefill_expert_bytes)
+            hbm_bytes += hb * (hi - lo)
+            flops += fl * (hi - lo)
+        return IterationCost(seconds, expert_bytes, prefill_expert_bytes, hbm_bytes, flops)
 
     def _layer(self, layer: int, b: int, decode_kv: int, active: Tuple[PromptWork, ...]):
         m, tp = self.m, self.tp
         rows = b + sum(p.tokens for p in active)
         if rows == 0:
-            return 0.0, 0.0, 0.0
+            return 0.0, 0.0, 0.0, 0.0, 0.0
         qh = m.q_heads * m.head_dim
         kv_rows = decode_kv + sum(p.prefix + p.tokens for p in active)
         attn_bytes = (m.attn_weight_bytes + kv_rows * m.kv_bytes) / tp
@@ -123,7 +130,9 @@ class CostModel:
         if tp > 1:
             msg = rows * m.hidden * m.weight_bytes * 2 * (tp - 1) / tp
             seconds += 2 * (msg / self.hw.interconnect_bw + self.hw.launch_s)
-        return seconds, expert_bytes, prefill_expert_bytes
+        # Per-rank bytes and flops times TP: the whole machine's (weights and KV are split, not copied).
+        return (seconds, expert_bytes, prefill_expert_bytes, (attn_bytes + ffn_bytes) * tp,
+                (attn_flops + ffn_flops) * tp)
 
     def layer_costs(self, rows: int) -> List[float]:
         """Relative cost of each layer for `rows` prefill rows (used to split groups by cost, not count)."""

@@ -46,9 +46,9 @@ class _Cohort:
         return any(start + n < r.prompt for r, start, n in self.segments)
 
     def works(self, layers) -> List[PromptWork]:
-        whole = sum(n for _, start, n in self.segments if start == 0)
-        works = [PromptWork(whole, 0, layers)] if whole else []
-        return works + [PromptWork(n, start, layers) for _, start, n in self.segments if start > 0]
+        """One piece per prompt (or chunk): each attends over its own tokens and prefix only, as SGLang's extend
+        attention does; one piece for the whole cohort would charge attention across its prompts."""
+        return [PromptWork(n, start, layers) for _, start, n in self.segments]
 
     def state(self) -> CohortState:
         return CohortState(self.cid, self.tokens, self.groups, self.next_group)
@@ -63,6 +63,8 @@ class SimResult:
     prefill_tokens: int
     busy_s: float
     cohort_kinds: Dict[str, int] = field(default_factory=dict)  # layered (G > 1) / whole (G = 1) / chunked
+    hbm_bytes: float = 0.0  # the cost model's HBM bytes and FLOPs, summed over iterations (energy inputs)
+    flops: float = 0.0
 
 
 class Simulator:
@@ -90,7 +92,7 @@ class Simulator:
         cohorts: List[_Cohort] = []
         ids = itertools.count()
         t, i_arr, iterations = 0.0, 0, 0
-        stats = {"expert": 0.0, "prefill_expert": 0.0, "tokens": 0, "busy": 0.0}
+        stats = {"expert": 0.0, "prefill_expert": 0.0, "tokens": 0, "busy": 0.0, "hbm": 0.0, "flops": 0.0}
 
         def kv_used():
             # Decoding and chunked-mode requests hold their whole prompt and output; a chunked cohort's request
@@ -159,6 +161,8 @@ class Simulator:
             stats["busy"] += cost.seconds
             stats["expert"] += cost.expert_bytes
             stats["prefill_expert"] += cost.prefill_expert_bytes
+            stats["hbm"] += cost.hbm_bytes
+            stats["flops"] += cost.flops
             stats["tokens"] += sum(w.tokens for w in works if w.layers[0] == 0)
             for r in decoding:
                 r.token_times.append(t)
@@ -179,7 +183,7 @@ class Simulator:
                 else:
                     decoding.append(r)
         return SimResult(requests, iterations, stats["expert"], stats["prefill_expert"], stats["tokens"],
-                         stats["busy"], dict(self.cohort_kinds))
+                         stats["busy"], dict(self.cohort_kinds), stats["hbm"], stats["flops"])
 
     def _view(self, decoding: List[SimRequest], waiting: List[SimRequest], cohorts: List[_Cohort]) -> SchedulerView:
         admissible = 0
