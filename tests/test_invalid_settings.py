@@ -32,7 +32,7 @@ def _engine(model_path, **kw):
     ({"enable_two_batch_overlap": True}, "two-batch-overlap"),
     ({"enable_torch_compile": True}, "torch-compile"),
     ({"enable_lora": True}, "LoRA"),
-    ({"attention_backend": "fa3"}, "--attention-backend other than torch_native, triton, flashinfer"),
+    ({"attention_backend": "flex_attention"}, "--attention-backend other than torch_native, triton, flashinfer, fa3"),
     ({"decode_attention_backend": "flashmla"}, "--decode-attention-backend other than"),
 ])
 def test_engine_rejects(kwargs, message, model_path):
