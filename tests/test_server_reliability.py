@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -189,7 +190,8 @@ def _chat(server, extra):
     r = requests.post(server.url + "/v1/chat/completions", json=body, timeout=120)
     seconds = time.time() - start
     if r.status_code != 200:
-        return (r.status_code, r.json().get("message", r.text)[:80]), seconds
+        message = re.sub(r"\[\d\d:\d\d:\d\d\] ", "", r.json().get("message", r.text))  # xgrammar stamps the time
+        return (r.status_code, message[:80]), seconds
     msg = r.json()["choices"][0]["message"]
     calls = [(c["function"]["name"], c["function"]["arguments"]) for c in msg.get("tool_calls") or []]  # ids are random
     return (200, msg.get("content"), calls, r.json()["choices"][0]["finish_reason"]), seconds
