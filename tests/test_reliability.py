@@ -19,6 +19,7 @@ from trace_checks import read
 from workload import EAGER_JOIN, drain
 
 MODEL = "tiny-qwen3-moe"
+FIRST_TOKEN = "first token"
 LAYERS = get_preset(MODEL).num_layers
 
 
@@ -29,14 +30,24 @@ def _requests(n, seed):
 
 
 async def _run(engine, reqs, aborts):
-    """Send every request at its time; abort the chosen ones `aborts[rid]` seconds after sending them."""
+    """Send every request at its time and abort the chosen ones: `aborts[rid]` is either seconds after sending
+    or FIRST_TOKEN (streamed; aborted as soon as its first token arrives, so the abort lands while it decodes
+    whatever the machine's speed)."""
     async def one(r):
         await asyncio.sleep(r["at"])
-        task = asyncio.ensure_future(engine.async_generate(
-            input_ids=r["ids"], rid=r["rid"],
-            sampling_params={"max_new_tokens": r["n"], "temperature": 0.0, "ignore_eos": True}))
-        if r["rid"] in aborts:
-            await asyncio.sleep(aborts[r["rid"]])
+        params = {"max_new_tokens": r["n"], "temperature": 0.0, "ignore_eos": True}
+        when = aborts.get(r["rid"])
+        if when == FIRST_TOKEN:
+            last = None
+            async for chunk in await engine.async_generate(input_ids=r["ids"], rid=r["rid"], sampling_params=params,
+                                                           stream=True):
+                if last is None and chunk["output_ids"]:
+                    engine.tokenizer_manager.abort_request(r["rid"])
+                last = dict(chunk, output_ids=list(chunk["output_ids"]))
+            return last
+        task = asyncio.ensure_future(engine.async_generate(input_ids=r["ids"], rid=r["rid"], sampling_params=params))
+        if when is not None:
+            await asyncio.sleep(when)
             engine.tokenizer_manager.abort_request(r["rid"])
         return await task
 
@@ -63,7 +74,7 @@ def strict_leak_check(monkeypatch):
 
 @pytest.mark.engine
 def test_random_aborts_leak_nothing_and_spare_other_requests(model_path, tmp_path, strict_leak_check):
-    """240 requests, 30% aborted at random moments: the trace shows aborts while queued, between groups,
+    """240 requests, 30% aborted at random moments and 8 right after their first token: the trace shows aborts while queued, between groups,
     before the last group and while decoding; nothing leaks; every other request yields the tokens it yields
     in a run without aborts."""
     trace = tmp_path / "trace.jsonl"
@@ -79,6 +90,9 @@ def test_random_aborts_leak_nothing_and_spare_other_requests(model_path, tmp_pat
         reqs = [dict(r, rid=r["rid"] + "-again") for r in reqs]
         rng = random.Random(11)
         aborts = {r["rid"]: rng.uniform(0.0, 0.25) for r in rng.sample(reqs, k=len(reqs) * 3 // 10)}
+        # Random moments can all land before decode on a loaded machine; these land in decode by construction.
+        long_outputs = [r for r in reqs if r["n"] >= 12 and r["rid"] not in aborts]
+        aborts.update({r["rid"]: FIRST_TOKEN for r in rng.sample(long_outputs, k=8)})
         outputs = engine.loop.run_until_complete(_run(engine, reqs, aborts))
         state = _idle_pools(engine)
     finally:
@@ -112,7 +126,8 @@ def test_random_aborts_leak_nothing_and_spare_other_requests(model_path, tmp_pat
             late = [rid for rid in piece["rids"] if freed_at.get(rid, row["iter"] + 1) <= row["iter"]]
             assert not late, f"iteration {row['iter']} ran dropped requests {late}"
     print("abort stages:", dict(stages), "dropped at once:", len(freed_at))
-    # Where random moments land depends on this machine's speed; every stage must be hit, with the two mid-layer
+    # Where random moments land depends on this machine's speed; every stage must be hit (decode by the
+    # first-token aborts), with the two mid-layer
     # stages counted together (a cohort of 5 groups spends one iteration before its last group and three between
     # groups). The deterministic mid-layer abort is test_aborted_cohort_is_dropped_before_its_next_group.
     stages["mid-layers"] = stages["between groups"] + stages["before last group"]
