@@ -123,14 +123,17 @@ def frontier_plan() -> Plan:
     """Issue 13's fair baselines in the paper's regime: a decode batch running while long prompts arrive.
 
     Every family at every size, plus stock SGLang with and without its overlap loop, on both workloads, at one
-    rate each chosen so that decode batches of 16-48 requests form (outputs at 1/2 of the traces' lengths, prompts
-    at 1/8, the CPU's scale factors), 100 requests per run. Exclusion rules, fixed before running: no run and no
+    rate each chosen so that decode batches of 16-48 requests form on this CPU (outputs at 1/2 of the traces'
+    lengths, prompts at 1/8, the CPU's scale factors), 60 requests per run. Sized on this 2-core machine: a pilot at
+    1.5 / 0.5 req/s (mixed-chunk-512, 40 requests) was overloaded 3x (TTFT p50 4.2 s / 86 s, gap p99 1.7 s / 6.4 s);
+    a decode step with 16-48 rows touches most of the 64 experts (~0.15-0.25 s), so ShareGPT-like's ~220 output
+    tokens at 0.5 req/s keep ~20-30 requests decoding. Exclusion rules, fixed before running: no run and no
     request is dropped; a request that errors counts as an SLO miss and is listed; a server that fails to start
     stops the benchmark. Matched-tail ratios: analysis/frontier.py, reported by benchmarks/report.py."""
     modes = ["sglang-default", "sglang-no-overlap"] + [f.format(n) for f in FAMILIES.values() for n in FRONTIER_SIZES]
     return Plan(
         model="bench-qwen3-moe", routings={"calibrated": modes},
-        rates={"sharegpt-like": [1.5], "arxiv-like": [0.5]}, requests=100, prompt_scale=1 / 8, output_scale=1 / 2,
+        rates={"sharegpt-like": [0.5], "arxiv-like": [0.2]}, requests=60, prompt_scale=1 / 8, output_scale=1 / 2,
         slo={"sharegpt-like": [6.0, 1.0], "arxiv-like": [15.0, 1.0]}, max_concurrency=64)
 
 
@@ -363,6 +366,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="output directory (default benchmarks/results/<quick|default>)")
     ap.add_argument("--requests", type=int, default=None, help="requests per run")
     ap.add_argument("--modes", default=None, help="comma-separated subset of the plan's modes")
+    ap.add_argument("--workloads", default=None, help="comma-separated subset of the plan's workloads")
     ap.add_argument("--seed", type=int, default=None, help="base seed of lengths, prompts and arrivals")
     ap.add_argument("--rate-scale", type=float, default=None, help="multiply every request rate of the plan")
     ap.add_argument("--repeat", type=int, default=1,
@@ -380,6 +384,11 @@ def main() -> None:
         plan.seed = args.seed
     if args.rate_scale:
         plan.rates = {w: [round(r * args.rate_scale, 3) for r in rates] for w, rates in plan.rates.items()}
+    if args.workloads:
+        keep = args.workloads.split(",")
+        if set(keep) - set(plan.rates):
+            ap.error(f"--workloads: not in the {name} plan: {sorted(set(keep) - set(plan.rates))}")
+        plan.rates = {w: r for w, r in plan.rates.items() if w in keep}
     if args.modes:
         keep = args.modes.split(",")
         unknown = set(keep) - {m for modes in plan.routings.values() for m in modes}
