@@ -31,6 +31,7 @@ sys.path.insert(0, HERE)
 
 from sgl_layered import cpu  # noqa: E402
 from sgl_layered.analysis import expert_traffic, latency, workloads  # noqa: E402
+from sgl_layered.analysis.regime import regime  # noqa: E402
 
 MODES: Dict[str, List[str]] = {
     "sglang-default": [],
@@ -84,6 +85,10 @@ class Plan:
     quick: bool = False
     sweep_rates_for: List[str] = field(default_factory=list)  # (routing "model") modes run at every rate
     expert_accounting: bool = True  # off for dense models (no experts to count)
+    # CPU engine: torch_native's extend attention for the new rows only, in every mode (--layered-prefill-cpu-fast-
+    # extend): otherwise a mixed batch's decode rows and a chunk's prefix rows are recomputed at full length, which
+    # slows chunked prefill on this CPU far beyond what it costs on a GPU backend (sgl_layered/adapter/cpu_ops.py).
+    cpu_fast_extend: bool = True
 
 
 def default_plan() -> Plan:
@@ -161,15 +166,18 @@ def server_args(plan: Plan, mode: str, routing: str, trace: str) -> List[str]:
     # accounted in the dtype that actually runs.
     accounting = ["--layered-prefill-expert-accounting", "--layered-prefill-routing", routing] \
         if plan.expert_accounting else []
+    fast_extend = ["--layered-prefill-cpu-fast-extend"] if plan.cpu_fast_extend and not cpu.have_cuda() else []
     return [*cpu.machine_server_args(plan.max_total_tokens, "float32"), "--sleep-on-idle", *MODES[mode],
-            "--layered-prefill-trace", trace, *accounting]
+            "--layered-prefill-trace", trace, *accounting, *fast_extend]
 
 
 def read_new_rows(path: str, offset: int):
+    """The complete lines written since `offset` (a line still being written is left for the next read)."""
     with open(path) as f:
         f.seek(offset)
         text = f.read()
-        return [json.loads(line) for line in text.splitlines() if line.strip()], f.tell()
+    done = text[:text.rfind("\n") + 1]
+    return [json.loads(line) for line in done.splitlines() if line.strip()], offset + len(done.encode())
 
 
 def run(plan: Plan, out_dir: str) -> dict:
@@ -221,6 +229,8 @@ def run(plan: Plan, out_dir: str) -> dict:
                         "routing": routing, "mode": mode, "workload": wname, "rate": rate,
                         "latency": latency.summarize(records, duration, ttft_slo, tbt_slo),
                         "experts": expert_traffic.totals(rows),
+                        "expert_bounds": expert_traffic.bounds(rows), "regime": regime(rows),
+                        "trace_iters": [rows[0]["iter"], rows[-1]["iter"]] if rows else None,
                         "iterations": len(rows), "duration_s": duration,
                         "energy": {**meter.result, "J_per_output_token": meter.per_output_token(
                             sum(r.output_len for r in records if r.success))},

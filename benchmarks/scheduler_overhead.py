@@ -148,10 +148,12 @@ def main():
     ap.add_argument("--layers", type=int, default=8)
     args = ap.parse_args()
     from sgl_layered import cpu
+    from sim_report import git_state
     os.environ.update(cpu.machine_env())
     results = {"engine": engine_part(args.requests),
                "micro": micro_part(args.prompt_rows, args.decode_rows, args.hidden, args.layers),
-               "note": "CPU, 2 cores; medians; engine part: tiny-qwen3-moe, one-token requests, max_running_requests 4"}
+               "note": "CPU, 2 cores; medians; engine part: tiny-qwen3-moe, one-token requests, max_running_requests 4",
+               **git_state()}
     out = os.path.join(os.path.dirname(__file__), "results", "scheduler_overhead.json")
     with open(out, "w") as f:
         json.dump(results, f, indent=2)

@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from sgl_layered.sim import calibrate  # noqa: E402
 from sgl_layered.core.shapes import MODELS  # noqa: E402
+from sim_report import git_state  # noqa: E402
 
 FIT = ["sglang-default", "chunked-512", "layered-auto"]
 TEST = ["chunked-2048", "layered-G2", "layered-G4", "layered-G8"]
@@ -37,7 +38,8 @@ def main(directory):
               "profile": {"mem_bw_GBps": hw.mem_bw / 1e9, "GFLOPs": hw.flops / 1e9,
                           "launch_s": hw.launch_s, "iteration_overhead_s": overhead},
               "fit_error": calibrate.errors(fit_rows, m, coef),
-              "heldout_error": {mode: calibrate.errors(rows(directory, mode), m, coef) for mode in TEST}}
+              "heldout_error": {mode: calibrate.errors(rows(directory, mode), m, coef) for mode in TEST},
+              **git_state()}
     with open(os.path.join(directory, "cpu_calibration.json"), "w") as f:
         json.dump(report, f, indent=1)
     print(json.dumps(report, indent=1))

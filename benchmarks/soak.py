@@ -30,6 +30,9 @@ from sgl_layered import cpu  # noqa: E402
 from sgl_layered.models import DEFAULT_MODEL, build, get_preset  # noqa: E402
 from sgl_layered.serve import ServerProcess  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from sim_report import git_state  # noqa: E402
+
 
 class Counters:
     def __init__(self):
@@ -137,7 +140,7 @@ def main():
                   "error_samples": counters.error_samples, "leaked_kv_slots": leaked_kv,
                   "leaked_request_slots": leaked_req, "sglang_leak_warnings": final["sglang_leak_warnings"],
                   "idle_rss_mib": round(idle_rss, 1), "final_rss_mib": round(rss_mib(server.proc.pid), 1),
-                  "samples": samples}
+                  "samples": samples, **git_state()}
     finally:
         server.stop()
     Path(args.out).write_text(json.dumps(report, indent=1))

@@ -217,6 +217,18 @@ def main(out_dir: Path = HERE) -> None:
                  '        if get_exec().deterministic.enable_deterministic_inference:\n'),
             ]),
         ],
+        "0011-cpu-extend-attention-new-rows-only.patch": [
+            edit("sglang/srt/layers/attention/torch_native_backend.py", [
+                ('        assert seq_lens.shape[0] == extend_prefix_lens.shape[0]\n',
+                 '        from sglang.srt import layered_prefill\n\n'
+                 '        if layered_prefill.cpu_fast_extend() and encoder_lens is None and sliding_window_size in (None, -1):\n'
+                 '            # the new rows\' queries only, causal mask shifted by the prefix (benchmark setting)\n'
+                 '            return layered_prefill.extend_new_rows_only(\n'
+                 '                query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,\n'
+                 '                extend_prefix_lens, extend_seq_lens, scaling, enable_gqa, causal)\n\n'
+                 '        assert seq_lens.shape[0] == extend_prefix_lens.shape[0]\n'),
+            ]),
+        ],
         "0010-attention-backend-for-layered-prefill.patch": [
             edit("sglang/srt/arg_groups/overrides.py", [
                 ('        backend = get_default_attn_backend(\n            view, use_mla_backend(view), model_config_of(view)\n'

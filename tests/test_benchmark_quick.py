@@ -24,6 +24,8 @@ def test_ablation_quick(tmp_path):
     assert all(r["latency"]["errors"] == 0 for r in report["runs"])
     assert all(w["synthetic"] for w in report["workloads"].values())
     assert report["coverage_U"]
+    for log in tmp_path.glob("server-*.log"):  # every mode ran torch_native's extend for the new rows only
+        assert "extend attention computes new rows only" in log.read_text(), log.name
 
     def per_token(mode, workload):
         (run,) = [r for r in report["runs"] if r["routing"] == "model" and r["mode"] == mode
@@ -34,6 +36,23 @@ def test_ablation_quick(tmp_path):
     assert per_token("layered-auto", "arxiv-like") < per_token("chunked-512", "arxiv-like")
     calibrated = [r for r in report["runs"] if r["routing"] == "calibrated"]
     assert calibrated and all(r["experts"]["prefill_tokens"] > 0 for r in calibrated)
+
+    # The README's generator reads each run back from the saved (gzipped) trace: the same iterations, so the same
+    # expert bounds and regime as recorded live; runs sharing a server's trace do not overlap.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import readme_tables
+    from sgl_layered.analysis.regime import regime
+
+    for r in report["runs"]:
+        rows = readme_tables.trace_rows(str(tmp_path), r)
+        assert rows and [rows[0]["iter"], rows[-1]["iter"]] == r["trace_iters"]
+        assert readme_tables.expert_traffic.bounds(rows) == r["expert_bounds"] and regime(rows) == r["regime"]
+        b = r["expert_bounds"]
+        assert b["floor"] <= b["loaded"] and b["prompt_floor"] <= b["prompt"] <= b["loaded"], b
+    for a in report["runs"]:
+        for b in report["runs"]:
+            if a is not b and (a["routing"], a["mode"]) == (b["routing"], b["mode"]):
+                assert a["trace_iters"][1] < b["trace_iters"][0] or b["trace_iters"][1] < a["trace_iters"][0]
 
 
 @pytest.mark.engine

@@ -31,9 +31,12 @@ class Hook:
     why: str
     only_for_experts: bool = False  # installed only with expert accounting or a routing override
     only_on_cpu_engine: bool = False  # installed only in SGLang's CPU engine (SGLANG_USE_CPU_ENGINE=1)
+    only_for_fast_extend: bool = False  # installed only with --layered-prefill-cpu-fast-extend
 
     def wanted(self, config) -> bool:
         if self.only_on_cpu_engine and os.environ.get("SGLANG_USE_CPU_ENGINE") != "1":
+            return False
+        if self.only_for_fast_extend and not (config is not None and config.layered_prefill_cpu_fast_extend):
             return False
         return not self.only_for_experts or (config is not None and config.needs_expert_hook)
 
@@ -85,6 +88,11 @@ HOOKS: tuple = (
          "DeepSeek-V2/V3's MLA attention cannot prefill with torch_native (SGLang dispatches it to an MHA path whose "
          "k/v torch_native ignores): the absorbed MLA path for all forward modes, in SGLang's CPU engine only",
          only_on_cpu_engine=True),
+    Hook("sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend._run_sdpa_forward_extend",
+         "AROUND", "sgl_layered.adapter.cpu_ops:extend_new_rows_only", SCHEDULER,
+         "--layered-prefill-cpu-fast-extend (benchmarks, any mode): torch_native computes a full-length query per "
+         "extend request, so mixed batches and prefix chunks cost far more on the CPU than on a GPU backend; "
+         "compute the new rows only", only_on_cpu_engine=True, only_for_fast_extend=True),
 )
 
 

@@ -34,6 +34,9 @@ class IterationObserver:
         if config.layered_prefill_routing != "model":
             logger.warning("sgl-layered: expert routing is overridden (%s): outputs are not the model's own; "
                            "use this only for traffic/timing benchmarks", config.layered_prefill_routing)
+        if config.layered_prefill_cpu_fast_extend:
+            logger.warning("sgl-layered: torch_native extend attention computes new rows only "
+                           "(--layered-prefill-cpu-fast-extend, a benchmark setting)")
         self.ledger = ledger
         self.metrics = None
         if ledger is not None and enable_metrics and get_parallel().tp_rank == 0:

@@ -40,6 +40,10 @@ _HELP = {
                                "routing reproducing trained-router coverage, for random-weight benchmark models; "
                                "changes outputs), 'forced-rows' (for accounting tests).",
     "layered_prefill_routing_alpha": "Zipf exponent of --layered-prefill-routing calibrated.",
+    "layered_prefill_cpu_fast_extend": "SGLang's CPU engine, torch_native attention, any mode: extend attention "
+                                       "computes only the new rows' queries (SGLang computes a full-length query "
+                                       "per request), so chunked and mixed batches cost what they cost on a GPU "
+                                       "backend. A benchmark setting; outputs may differ from stock in the last bits.",
     "layered_prefill_policy": "'paper' (one cohort at a time, G from the prompt length) or 'adaptive' "
                                "(cost-model G, pipelined cohorts, whole pass when nothing decodes, stash budget).",
     "layered_prefill_tbt_target_ms": "Adaptive policy: keep each iteration's predicted time within this many ms "
@@ -81,6 +85,8 @@ def add_flags(parser) -> None:
                        choices=ROUTINGS, help=_HELP["layered_prefill_routing"])
     group.add_argument("--layered-prefill-routing-alpha", type=float,
                        default=defaults.layered_prefill_routing_alpha, help=_HELP["layered_prefill_routing_alpha"])
+    group.add_argument("--layered-prefill-cpu-fast-extend", action="store_true",
+                       help=_HELP["layered_prefill_cpu_fast_extend"])
 
 
 def config_from_namespace(namespace) -> LayeredConfig:
@@ -201,6 +207,11 @@ def validate_launch(config: LayeredConfig, value_of: Callable[[str], Any]) -> No
     if config.layered_prefill_expert_accounting and not (config.layered_prefill_trace or value_of("enable_metrics")):
         raise LayeredConfigError("--layered-prefill-expert-accounting needs --layered-prefill-trace or "
                                  "--enable-metrics to report to")
+    if config.layered_prefill_cpu_fast_extend and (os.environ.get("SGLANG_USE_CPU_ENGINE") != "1" or
+                                                   value_of("attention_backend") not in (None, "torch_native")):
+        raise LayeredConfigError("--layered-prefill-cpu-fast-extend replaces torch_native's extend attention in "
+                                 "SGLang's CPU engine only (SGLANG_USE_CPU_ENGINE=1, --attention-backend "
+                                 f"torch_native); this launch has {value_of('attention_backend')!r}")
     if config.enable_layered_prefill:
         check_combinations(value_of)
     model_path = value_of("model_path")

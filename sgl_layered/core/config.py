@@ -63,6 +63,13 @@ class LayeredConfig:
     layered_prefill_routing: str = "model"
     # Zipf exponent of the calibrated routing (see sgl_layered/adapter/experts.py for the calibration).
     layered_prefill_routing_alpha: float = 1.3
+    # SGLang's CPU engine (torch_native attention), any mode: extend attention computes only the new rows' queries.
+    # SGLang computes a full-length query per request and keeps the new rows, so a decode row in a mixed batch costs
+    # a prefix-length-squared attention and a chunk with a prefix recomputes the whole prefix's rows; with this, a
+    # chunk or mixed batch costs on this CPU what its attention costs on a GPU backend. A benchmark setting (same
+    # math, not bit-identical to SGLang's kernel call), so comparisons of chunked and layered prefill on a CPU are
+    # not decided by that redundancy; off by default, and the server log says when it is on.
+    layered_prefill_cpu_fast_extend: bool = False
 
     def __post_init__(self):
         groups = self.layered_prefill_groups
@@ -148,7 +155,7 @@ class LayeredConfig:
     def needs_plugin(self) -> bool:
         """Whether SGLang's scheduler processes need our hooks at all."""
         return (self.enable_layered_prefill or self.layered_prefill_trace is not None
-                or self.needs_expert_hook)
+                or self.needs_expert_hook or self.layered_prefill_cpu_fast_extend)
 
     @property
     def needs_expert_hook(self) -> bool:

@@ -1,0 +1,295 @@
+"""Every table and plot of benchmarks/README.md, regenerated from the saved data under benchmarks/results/.
+
+    .venv/bin/python benchmarks/readme_tables.py            # rewrite the README's generated blocks and the plots
+    .venv/bin/python benchmarks/readme_tables.py --check    # exit 1 where a block differs from what the data give
+
+A generated block is the README text between `<!-- generated: NAME -->` and `<!-- /generated -->`; NAME is a key
+of BLOCKS. Each block ends with the saved files it was computed from and the commit those came from. Prose
+outside the blocks is written by hand; a number it quotes must be one a block shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from statistics import median
+from typing import Callable, Dict, Iterable, List
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+README = os.path.join(HERE, "README.md")
+README_PATH = Path(README)
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+from report_table import coverage_table, fmt, run_line, runs_table  # noqa: E402
+
+from sgl_layered.analysis import expert_traffic  # noqa: E402
+from sgl_layered.analysis.frontier import paired_ratio_ci  # noqa: E402
+from sgl_layered.analysis.regime import regime  # noqa: E402
+from sgl_layered.models import get_preset  # noqa: E402
+
+BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- /generated -->)", re.S)
+
+
+def _load(rel: str) -> dict:
+    with open(os.path.join(RESULTS, rel)) as f:
+        return json.load(f)
+
+
+def _source(*rels: str, commit: str) -> str:
+    return f"\n\n<sub>From {', '.join(f'`results/{r}`' for r in rels)} (commit `{commit}`).</sub>"
+
+
+# --- the CPU engine's frontier runs --------------------------------------------------------------------------
+
+
+def trace_rows(directory: str, run: dict) -> List[dict]:
+    """The trace rows of one run. Newer results name the run's iterations (`trace_iters`); a trace holding a
+    single run (one workload, one rate) is taken from the first prompt after the warm-up request onwards."""
+    stem = os.path.join(directory, f"trace-{run['routing']}-{run['mode']}.jsonl")
+    opener = (lambda: gzip.open(stem + ".gz", "rt")) if os.path.exists(stem + ".gz") else (lambda: open(stem))
+    with opener() as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if "trace_iters" in run:
+        if run["trace_iters"] is None:
+            return []
+        first, last = run["trace_iters"]
+        return [r for r in rows if first <= r["iter"] <= last]
+    warmup = set(rows[0]["prefill"][0]["rids"]) if rows and rows[0]["prefill"] else set()
+    for i, r in enumerate(rows):
+        if any(set(p["rids"]) - warmup for p in r["prefill"]):
+            return rows[i:]
+    return []
+
+
+def frontier_blocks(name: str, workload: str) -> Dict[str, Callable[[], str]]:
+    rel = f"{name}/results.json"
+
+    def runs():
+        rep = _load(rel)
+        return rep, [r for r in rep["runs"] if r["workload"] == workload]
+
+    def table() -> str:
+        rep, rs = runs()
+        directory = os.path.join(RESULTS, name)
+        lines = [run_line(rep) + f" Workload {workload} at {rs[0]['rate']:g} req/s.", "",
+                 "| mode | TTFT p50 (s) | TTFT p99 (s) | gap p50 (ms) | gap p99 (ms) | SLO attained "
+                 "| decode rows beside prompt work (mean) | prompt tokens beside >= 16 decode rows "
+                 "| expert GB loaded | prompt expert GB | reload factor |", "|" + "---|" * 11]
+        for r in rs:
+            rows = trace_rows(directory, r)
+            g, b, lat = regime(rows), expert_traffic.bounds(rows), r["latency"]
+            lines.append(
+                f"| {r['mode']} | {fmt(lat['ttft_p50_s'])} | {fmt(lat['ttft_p99_s'])} | {fmt(lat['tbt_p50_s'], 1e3, 0)} "
+                f"| {fmt(lat['tbt_p99_s'], 1e3, 0)} | {fmt(lat['slo_attainment'], pct=True)} "
+                f"| {fmt(g['decode_rows_mean'], 1, 1)} | {fmt(g['tokens_beside_16'], pct=True)} "
+                f"| {fmt(b.get('loaded'), 1e-9, 1)} | {fmt(b.get('prompt'), 1e-9, 1)} "
+                f"| {fmt(b.get('reload_factor'))} |")
+        return "\n".join(lines) + _source(rel, f"{name}/trace-*.jsonl.gz", commit=rep["commit"])
+
+    def bounds() -> str:
+        rep, rs = runs()
+        directory = os.path.join(RESULTS, name)
+        lines = ["| mode | loaded | prompt (measured) | per cohort, no decode credit | one pass per request "
+                 "| prompt floor | floor (all rows) |", "|" + "---|" * 7]
+        for r in rs:
+            b = expert_traffic.bounds(trace_rows(directory, r))
+            if b:
+                lines.append(f"| {r['mode']} | " + " | ".join(
+                    fmt(b[k], 1e-9, 1) for k in ("loaded", "prompt", "per_cohort", "one_pass_each", "prompt_floor",
+                                                 "floor")) + " |")
+        return "Expert GB per run:\n\n" + "\n".join(lines) + _source(rel, commit=rep["commit"])
+
+    def matched() -> str:
+        rep, _ = runs()
+        lines = ["| mode | its gap p99 (ms) | its TTFT p50 (s) | TTFT / mixed-chunk frontier TTFT at that gap p99 "
+                 "| 95% CI (request bootstrap) | draws inside mixed-chunk's range |", "|" + "---|" * 6]
+        lat = {r["mode"]: r["latency"] for r in rep["runs"] if r["workload"] == workload}
+        for m in rep["matched_tail"]:
+            if m["workload"] != workload:
+                continue
+            lo, hi = m["ci95"]
+            ci = f"{lo:.2f}-{hi:.2f}" if lo is not None else "– (too few matched draws)"
+            lines.append(f"| {m['mode']} | {fmt(lat[m['mode']]['tbt_p99_s'], 1e3, 0)} "
+                         f"| {fmt(lat[m['mode']]['ttft_p50_s'])} | "
+                         f"{fmt(m['ratio']) if m['ratio'] is not None else 'outside the range'} | {ci} "
+                         f"| {m['matched_draws']:.0%} |")
+        return "\n".join(lines) + _source(rel, f"{name}/records/", commit=rep["commit"])
+
+    def coverage() -> str:
+        rep, _ = runs()
+        p = get_preset(rep["model"])
+        return coverage_table(rep, f"{p.num_experts} experts, top-{p.top_k}") + _source(rel, commit=rep["commit"])
+
+    return {f"{name}": table, f"{name}-bounds": bounds, f"{name}-matched": matched, f"{name}-coverage": coverage}
+
+
+# --- earlier CPU runs ------------------------------------------------------------------------------------------
+
+
+def ablation_table(name: str, modes=None) -> Callable[[], str]:
+    def block() -> str:
+        rep = _load(f"{name}/results.json")
+        return run_line(rep) + "\n\n" + runs_table(rep, modes) + _source(f"{name}/results.json", commit=rep["commit"])
+    return block
+
+
+def ablation_coverage(name: str) -> Callable[[], str]:
+    def block() -> str:
+        rep = _load(f"{name}/results.json")
+        p = get_preset(rep["model"])
+        return coverage_table(rep, f"{p.num_experts} experts, top-{p.top_k}") + _source(
+            f"{name}/results.json", commit=rep["commit"])
+    return block
+
+
+def policies_repeated() -> str:
+    """The paper rule vs our policy: paired repetitions pooled over the saved repeat runs."""
+    names = ["policies-final", "policies-final-2"]
+    reps = [_load(f"{n}/repeats.json") for n in names]
+    lines = ["| workload | TTFT p50, median (s): paper / ours | paired TTFT ratio ours / paper: median of ratios "
+             "[95% CI of the ratio of medians], ours lower | gap p99, median (ms): paper / ours "
+             "| paired gap p99 ratio: median [95% CI], ours lower | repetitions |", "|" + "---|" * 6]
+    by = {}
+    for rep in reps:
+        for s in rep["summary"]:
+            by.setdefault((s["workload"], s["rate"], s["mode"]), []).append(s)
+    for (workload, rate, mode), items in by.items():
+        if mode != "layered-ours":
+            continue
+        paper = by[(workload, rate, "layered-auto")]
+        t_o = [v for s in items for v in s["ttft_p50_s"]]
+        t_p = [v for s in paper for v in s["ttft_p50_s"]]
+        g_o = [v for s in items for v in s["tbt_p99_s"]]
+        g_p = [v for s in paper for v in s["tbt_p99_s"]]
+        tc, gc = paired_ratio_ci(list(zip(t_o, t_p))), paired_ratio_ci(list(zip(g_o, g_p)))
+        lines.append(
+            f"| {workload} @{rate:g} | {median(t_p):.2f} / {median(t_o):.2f} | "
+            f"{median(a / b for a, b in zip(t_o, t_p)):.2f} [{tc['ci95'][0]:.2f}-{tc['ci95'][1]:.2f}], "
+            f"{tc['wins']} of {tc['pairs']} | {median(g_p) * 1e3:.0f} / {median(g_o) * 1e3:.0f} | "
+            f"{median(a / b for a, b in zip(g_o, g_p)):.2f} [{gc['ci95'][0]:.2f}-{gc['ci95'][1]:.2f}], "
+            f"{gc['wins']} of {gc['pairs']} | {len(t_o)} |")
+    return "\n".join(lines) + _source(*(f"{n}/repeats.json" for n in names),
+                                      commit=" and ".join(f"{r['commit']}" for r in reps))
+
+
+def calibration() -> str:
+    c = _load("default/cpu_calibration.json")
+    p = c["profile"]
+    lines = [f"Fitted profile: effective {p['mem_bw_GBps']:.1f} GB/s for weights, {p['GFLOPs'] / 1e3:.2f} TFLOP/s, "
+             f"{p['iteration_overhead_s'] * 1e3:.1f} ms per iteration overhead.", "",
+             "| iterations | n | median abs. relative error | p90 |", "|---|---|---|---|",
+             f"| fitting set | {c['fit_error']['n']} | {c['fit_error']['median_abs_rel_error']:.0%} "
+             f"| {c['fit_error']['p90_abs_rel_error']:.0%} |"]
+    lines += [f"| held out: {mode} | {e['n']} | {e['median_abs_rel_error']:.0%} | {e['p90_abs_rel_error']:.0%} |"
+              for mode, e in c["heldout_error"].items()]
+    return "\n".join(lines) + _source("default/cpu_calibration.json", commit=c.get("commit", "not recorded"))
+
+
+def scheduler_overhead() -> str:
+    s = _load("scheduler_overhead.json")
+    lines = ["| engine | queued requests | iterations sampled | scheduling per iteration, median (µs) "
+             "| of which the policy (µs) |", "|" + "---|" * 5]
+    for mode, depths in s["engine"].items():
+        for depth, v in depths.items():
+            lines.append(f"| {mode} | {depth} | {v['iterations']} | {fmt(v['scheduling_us_median'], 1, 0)} "
+                         f"| {fmt(v['policy_us_median'], 1, 0)} |")
+    micro = {k: v for k, v in s["micro"].items() if k != "shape"}
+    lines += ["", f"Micro-benchmark ({', '.join(f'{k} {v}' for k, v in s['micro']['shape'].items())}):", "",
+              "| part | µs |", "|---|---|"] + [f"| {k.replace('_us', '')} | {v:.1f} |" for k, v in micro.items()]
+    return (f"{s['note']}.\n\n" + "\n".join(lines)
+            + _source("scheduler_overhead.json", commit=s.get("commit", "not recorded")))
+
+
+def soak() -> str:
+    s = _load("soak.json")
+    return ("| measured | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in _flat(s).items()
+                                                            if not isinstance(v, list))
+            + _source("soak.json", commit=s.get("commit", "not recorded")))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if k in ("commit", "samples", "series", "per_depth_raw"):
+            continue
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, float):
+            out[prefix + k] = f"{v:.4g}"
+        elif not isinstance(v, list) or len(v) <= 8:
+            out[prefix + k] = v
+    return out
+
+
+# --- the simulator ---------------------------------------------------------------------------------------------
+
+
+def sim_block(stem: str, module: str) -> Callable[[], str]:
+    def block() -> str:
+        rep = _load(f"sim/{stem}.json")
+        table = __import__(module).table
+        return table(rep) + _source(f"sim/{stem}.json", commit=rep.get("commit", "not recorded"))
+    return block
+
+
+BLOCKS: Dict[str, Callable[[], str]] = {
+    **frontier_blocks("frontier-sharegpt", "sharegpt-like"),
+    "default": ablation_table("default"),
+    "default-coverage": ablation_coverage("default"),
+    "dense": ablation_table("dense"),
+    "dense-load": ablation_table("dense-load"),
+    "policies-repeated": policies_repeated,
+    "cpu-calibration": calibration,
+    "scheduler-overhead": scheduler_overhead,
+    "soak": soak,
+    "sim-paper-scale": sim_block("paper_scale_alpha1.3", "sim_paper_scale"),
+    "sim-hybrid": sim_block("hybrid", "sim_hybrid"),
+    "sim-cpu-policies": sim_block("cpu_policies", "sim_cpu_policies"),
+}
+
+# Plots, redrawn from the same files: results dir -> plot-making function of plots.py.
+PLOTS = ["frontier-sharegpt", "default", "dense", "dense-load"]
+
+
+def render(text: str) -> str:
+    names = [m.group(2) for m in BLOCK.finditer(text)]
+    unknown = set(names) - set(BLOCKS)
+    if unknown:
+        raise SystemExit(f"README names blocks that readme_tables.py does not make: {sorted(unknown)}")
+    return BLOCK.sub(lambda m: m.group(1) + BLOCKS[m.group(2)]() + "\n" + m.group(4), text)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="compare only; exit 1 on a difference")
+    args = ap.parse_args()
+    text = open(README).read()
+    new = render(text)
+    if args.check:
+        if new != text:
+            old_blocks = dict((m.group(2), m.group(3)) for m in BLOCK.finditer(text))
+            for m in BLOCK.finditer(new):
+                if old_blocks.get(m.group(2)) != m.group(3):
+                    print(f"block {m.group(2)} differs from what the saved data give")
+            return 1
+        print(f"{len(BLOCK.findall(text))} generated blocks match the saved data")
+        return 0
+    with open(README, "w") as f:
+        f.write(new)
+    from plots import make_plots
+
+    for name in PLOTS:
+        make_plots(_load(f"{name}/results.json"), os.path.join(RESULTS, name))
+    print(f"rewrote {len(BLOCK.findall(new))} blocks and the plots of {', '.join(PLOTS)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
