@@ -24,8 +24,7 @@ coverage. This module trains one instead, on the CPU, in plain torch:
 
 `python -m sgl_layered.models train trained-qwen3-moe` trains the preset and prints its directory; `build()` never
 trains (it names that command instead), so no test, benchmark or demo starts a long training by surprise.
-`benchmarks/trained_coverage.py` measures its routing coverage U(n), `benchmarks/trained_headline.py` runs the
-headline comparison on it. Cost on this machine's CPU (2 cores, AMD EPYC, AVX-512), one thread: 1.8-2.0 CPU-seconds
+`benchmarks/trained_coverage.py` measures its routing coverage U(n). Cost on this machine's CPU (2 cores, AMD EPYC, AVX-512), one thread: 1.8-2.0 CPU-seconds
 per step (1.88 s wall per step with another job on the other core), so the 400-step recipe takes about 13 minutes
 all told. On a machine shared with other jobs use `--threads 1`: there two OpenMP threads wait on each other and run
 several times slower.
