@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from sgl_layered import cpu
-from sgl_layered.models import DEFAULT_MODEL, PRESETS, build
+from sgl_layered.models import DEFAULT_MODEL, PRESETS, build, get_preset
 
 QUESTIONS = [
     "What does layered prefill change?",
@@ -91,7 +91,9 @@ def main() -> None:
         answers = engine.loop.run_until_complete(_ask(engine, tokenizer, args.max_new_tokens))
     finally:
         engine.shutdown()
-    print("\nAnswers (random weights, so the words are gibberish; the serving path is real):")
+    trained = "train" in get_preset(args.model).extra
+    print("\nAnswers (" + ("a tiny model trained on fortune cookies: word-like, not meaningful" if trained else
+                          "random weights, so the words are gibberish") + "; the serving path is real):")
     for question, out, seconds in answers:
         meta = out["meta_info"]
         print(f"- {question[:60]!r}: {meta['prompt_tokens']} prompt tokens -> {meta['completion_tokens']} tokens "

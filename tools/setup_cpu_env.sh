@@ -25,6 +25,18 @@ inputs_digest() {
 STAMP="$VENV/.sgl_layered_env"
 WANT=$(inputs_digest)
 
+# The trained checkpoint's corpus (sgl_layered/models/train.py): the English text of Debian's `fortunes` package.
+# Only its training and one corpus test need it; where it cannot be installed those say so (the test skips).
+if [[ ! -d /usr/share/games/fortunes ]]; then
+  if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+    (apt-get install -y -qq fortunes >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq fortunes >/dev/null 2>&1; }) \
+      && echo "Installed Debian's fortunes (the trained checkpoint's corpus)." \
+      || echo "Could not install Debian's fortunes: training trained-qwen3-moe and its corpus test will not run."
+  else
+    echo "Debian's fortunes is not installed (needs root and apt-get): training trained-qwen3-moe and its corpus test will not run."
+  fi
+fi
+
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$VENV/bin/python" -c "import importlib.metadata as m, sgl_layered; assert m.version('sglang') == '$SGLANG_VERSION'" 2>/dev/null; then
   echo "CPU environment in .venv is up to date."
   exit 0

@@ -191,14 +191,12 @@ def _weight_names(p: ModelPreset):
     yield "lm_head.weight", (p.vocab_size, h), "linear"
 
 
-def _write_weights(p: ModelPreset, out: Path, shard_bytes: int = 1 << 30) -> None:
+def _random_weights(p: ModelPreset):
+    """(name, tensor) for every weight of a random-weight preset, drawn from its seed in checkpoint order."""
     import torch
-    from safetensors.torch import save_file
 
     dtype = getattr(torch, p.dtype)
     gen = torch.Generator().manual_seed(p.seed)
-    shards: list[dict] = [{}]
-    size = 0
     for name, shape, kind in _weight_names(p):
         if kind == "norm":
             t = torch.ones(shape)
@@ -209,7 +207,16 @@ def _write_weights(p: ModelPreset, out: Path, shard_bytes: int = 1 << 30) -> Non
             t = torch.randn(shape, generator=gen) * (1.0 / shape[1] ** 0.5)
         else:
             t = torch.randn(shape, generator=gen) * (1.0 / shape[-1] ** 0.5)
-        t = t.to(dtype).contiguous()
+        yield name, t.to(dtype).contiguous()
+
+
+def save_weights(named_tensors, out: Path, shard_bytes: int = 1 << 30) -> None:
+    """Safetensors shards plus the index, in the hub's layout (tensors kept in the order given)."""
+    from safetensors.torch import save_file
+
+    shards: list[dict] = [{}]
+    size = 0
+    for name, t in named_tensors:
         nbytes = t.numel() * t.element_size()
         if size + nbytes > shard_bytes and shards[-1]:
             shards.append({})
@@ -226,24 +233,50 @@ def _write_weights(p: ModelPreset, out: Path, shard_bytes: int = 1 << 30) -> Non
         json.dumps({"metadata": {"total_size": total}, "weight_map": index}, indent=1, sort_keys=True) + "\n")
 
 
+def write_config(preset: ModelPreset, out: Path) -> int:
+    """config.json and generation_config.json for `preset`, next to its tokenizer in `out`; returns the EOS id."""
+    vocab = json.loads((out / "tokenizer.json").read_text())
+    eos_id = next(t["id"] for t in vocab["added_tokens"] if t["content"] == EOS_TOKEN)
+    config = hf_config(preset, eos_id)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (out / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_id}, indent=2) + "\n")
+    return eos_id
+
+
+def publish(preset: ModelPreset, tmp: Path, final: Path) -> Path:
+    """Mark the build in `tmp` finished and move it into place (a half-written build is never trusted)."""
+    (tmp / "sgl_layered_preset.json").write_text(json.dumps(asdict(preset), indent=2, sort_keys=True) + "\n")
+    (tmp / "BUILD_OK").write_text("ok\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+class NotTrainedError(RuntimeError):
+    """A trained preset was asked for before it was trained (training takes minutes, so it never starts unasked)."""
+
+
 def build(name: str, force: bool = False) -> Path:
-    """Build preset `name` into the cache (or reuse a finished build) and return its directory."""
+    """Build preset `name` into the cache (or reuse a finished build) and return its directory.
+
+    A trained preset (its `extra` holds a "train" recipe) is never trained here: it is returned if it was trained
+    before, otherwise NotTrainedError names the command that trains it (`python -m sgl_layered.models train NAME`),
+    so no test, benchmark or demo starts a quarter-hour training run by surprise."""
     preset = get_preset(name)
     final = model_dir(preset)
+    if "train" in preset.extra:
+        if (final / "BUILD_OK").exists() and not force:
+            return final
+        state = "is not rebuilt by build()" if force else f"is not in the cache ({final})"
+        raise NotTrainedError(f"{name} is a trained model and {state}; train it with "
+                              f"`python -m sgl_layered.models train {name}{' --force' if force else ''}` "
+                              f"(about 13 minutes on one CPU core)")
     if (final / "BUILD_OK").exists() and not force:
         return final
     tmp = final.with_name(final.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     train_tokenizer(preset.vocab_size, preset.seed, tmp)
-    vocab = json.loads((tmp / "tokenizer.json").read_text())
-    eos_id = next(t["id"] for t in vocab["added_tokens"] if t["content"] == EOS_TOKEN)
-    config = hf_config(preset, eos_id)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (tmp / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_id}, indent=2) + "\n")
-    _write_weights(preset, tmp)
-    (tmp / "sgl_layered_preset.json").write_text(json.dumps(asdict(preset), indent=2, sort_keys=True) + "\n")
-    (tmp / "BUILD_OK").write_text("ok\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
+    write_config(preset, tmp)
+    save_weights(_random_weights(preset), tmp)
+    return publish(preset, tmp, final)

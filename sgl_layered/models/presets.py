@@ -85,6 +85,16 @@ PRESETS: dict[str, ModelPreset] = {
     ]
 }
 
+# A trained checkpoint (sgl_layered/models/train.py): the same Qwen3-MoE layout, its weights trained on Debian's
+# `fortunes` text, so its routing comes from a trained router. `extra["train"]` is the recipe (it is part of the
+# cache digest); build() never trains: `python -m sgl_layered.models train trained-qwen3-moe` does (~13 min, 1 core).
+PRESETS["trained-qwen3-moe"] = ModelPreset(
+    "trained-qwen3-moe", "qwen3_moe", num_layers=4, hidden=256, heads=4, kv_heads=2, head_dim=64, num_experts=32,
+    top_k=4, expert_intermediate=128,
+    extra={"train": {"train_format": 1, "corpus": "debian:fortunes", "steps": 400, "batch": 16, "seq_len": 256,
+                     "lr": 3e-3, "min_lr": 3e-4, "warmup": 30, "weight_decay": 0.1, "aux_coef": 0.01, "clip": 1.0,
+                     "chat_fraction": 0.5}})
+
 DEFAULT_MODEL = "tiny-qwen3-moe"
 
 

@@ -63,7 +63,8 @@ def synthetic_corpus(seed: int, n_lines: int = 20000) -> list[str]:
     return lines
 
 
-def train_tokenizer(vocab_size: int, seed: int, out_dir: Path) -> None:
+def train_tokenizer(vocab_size: int, seed: int, out_dir: Path, corpus=None) -> None:
+    """Train the tokenizer on `corpus` (an iterable of texts; default: the seeded synthetic corpus) into `out_dir`."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -77,7 +78,7 @@ def train_tokenizer(vocab_size: int, seed: int, out_dir: Path) -> None:
         show_progress=False,
         special_tokens=[],
     )
-    tok.train_from_iterator(synthetic_corpus(seed), trainer=trainer)
+    tok.train_from_iterator(synthetic_corpus(seed) if corpus is None else corpus, trainer=trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in CHAT_TOKENS])
     if tok.get_vocab_size() != vocab_size:
         raise RuntimeError(f"trained vocabulary has {tok.get_vocab_size()} tokens, wanted {vocab_size}")
