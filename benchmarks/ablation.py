@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -201,7 +200,7 @@ def run(plan: Plan, out_dir: str) -> dict:
                     jobs.append((routing, mode, wname, rate))
     results, traces, run_records = [], {}, {}
     bar = tqdm(total=len(jobs) * plan.requests, desc="requests", unit="req")
-    t_start = time.time()
+    t_start, commit = time.time(), _git_commit()  # the code that runs: taken before any server starts
     for routing, modes in plan.routings.items():
         for mode in modes:
             trace = os.path.join(out_dir, f"trace-{routing}-{mode}.jsonl")
@@ -244,7 +243,7 @@ def run(plan: Plan, out_dir: str) -> dict:
         coverage_tables[f"{routing}/{wname}"] = {str(k): round(v, 2) for k, v in coverage.table().items()}
     report = {
         "plan": asdict(plan), "workloads": {n: w.describe() for n, w in wls.items()},
-        "model": plan.model, "commit": _git_commit(), "machine": "CPU (2 cores), see benchmarks/README.md",
+        "model": plan.model, "commit": commit, "machine": "CPU (2 cores), see benchmarks/README.md",
         "wall_time_s": time.time() - t_start, "coverage_U": coverage_tables,
         "routing_note": "'calibrated' = opt-in Zipf-skewed routing for random-weight models (not the model's own)",
         "runs": results,
@@ -358,11 +357,11 @@ def write_csv(report: dict, path: str) -> None:
 
 
 def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE).stdout.strip()
-    except OSError:
-        return "unknown"
+    """HEAD, marked `+dirty` when tracked files differ from it (then the code that ran is HEAD plus those edits)."""
+    from sim_report import git_state
+
+    state = git_state()
+    return state["commit"] + ("+dirty" if state["worktree_dirty"] else "")
 
 
 def main() -> None:

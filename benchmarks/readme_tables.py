@@ -228,6 +228,23 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def trained_coverage() -> str:
+    """The trained checkpoint's routing beside the calibrated routing and the same architecture's random router."""
+    c = _load("trained/coverage.json")
+    sizes = list(c["U"]["trained"]["consecutive"])
+    label = {"trained": "trained router", "calibrated": f"calibrated (Zipf alpha {c['calibrated_alpha']:g})",
+             "random_weights": "random-weight router"}
+    lines = [f"`{c['model']}` ({c['layers']} layers, {c['experts']} experts, top-{c['top_k']}; held-out loss "
+             f"{c['heldout_loss']:.2f} nats/token), corpus {c['corpus']['documents']} fortunes of Debian's "
+             f"`fortunes` package ({c['corpus']['install']}). U(n): distinct experts that n consecutive tokens of "
+             f"held-out text touch, mean over layers and {c['windows']} windows:", "",
+             "| routing | " + " | ".join(f"n={n}" for n in sizes) + " |", "|" + "---|" * (len(sizes) + 1)]
+    for key, name in label.items():
+        u = c["U"][key]["consecutive"]
+        lines.append(f"| {name} | " + " | ".join(f"{u[n]:.1f}" for n in sizes) + " |")
+    return "\n".join(lines) + _source("trained/coverage.json", commit=c["commit"])
+
+
 # --- the simulator ---------------------------------------------------------------------------------------------
 
 
@@ -246,6 +263,7 @@ BLOCKS: Dict[str, Callable[[], str]] = {
     "dense": ablation_table("dense"),
     "dense-load": ablation_table("dense-load"),
     "policies-repeated": policies_repeated,
+    "trained-coverage": trained_coverage,
     "cpu-calibration": calibration,
     "scheduler-overhead": scheduler_overhead,
     "soak": soak,
