@@ -172,11 +172,11 @@ def server_args(plan: Plan, mode: str, routing: str, trace: str) -> List[str]:
 
 def read_new_rows(path: str, offset: int):
     """The complete lines written since `offset` (a line still being written is left for the next read)."""
-    with open(path) as f:
+    with open(path, "rb") as f:
         f.seek(offset)
-        text = f.read()
-    done = text[:text.rfind("\n") + 1]
-    return [json.loads(line) for line in done.splitlines() if line.strip()], offset + len(done.encode())
+        data = f.read()
+    done = data[:data.rfind(b"\n") + 1]
+    return [json.loads(line) for line in done.splitlines() if line.strip()], offset + len(done)
 
 
 def run(plan: Plan, out_dir: str) -> dict:
@@ -209,7 +209,8 @@ def run(plan: Plan, out_dir: str) -> dict:
             with ServerProcess(model_path, server_args(plan, mode, routing, trace), log_path=log) as server:
                 warm = make_prompts([(16, 4)], vocab, seed=999)
                 run_load(server.url, warm, [(16, 4)], [0.0])
-                offset = os.path.getsize(trace)
+                time.sleep(0.5)  # the warm-up's last trace line may still be being written
+                _, offset = read_new_rows(trace, 0)  # a line boundary: complete lines only
                 for (r_, m_, wname, rate) in [j for j in jobs if j[0] == routing and j[1] == mode]:
                     lengths = wls[wname].sample(plan.requests, seed=plan.seed)
                     prompts = make_prompts(lengths, vocab, seed=plan.seed + 1)

@@ -76,7 +76,8 @@ def test_cli_rejects_before_spawning(model_path):
 
 def test_unapplied_scheduler_hooks_refuse_to_start():
     # In this test process no SGLang launch applied the scheduler hooks: verification must name them all.
-    config = LayeredConfig(enable_layered_prefill=True, layered_prefill_routing="calibrated")
+    config = LayeredConfig(enable_layered_prefill=True, layered_prefill_routing="calibrated",
+                           layered_prefill_cpu_fast_extend=True)
     with pytest.raises(hooks.HookNotApplied) as err:
         hooks.verify(hooks.SCHEDULER, config)
     for hook in hooks.HOOKS:
