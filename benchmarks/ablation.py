@@ -88,8 +88,8 @@ class Plan:
     # extend): otherwise a mixed batch's decode rows and a chunk's prefix rows are recomputed at full length, which
     # slows chunked prefill on this CPU far beyond what it costs on a GPU backend (sgl_layered/adapter/cpu_ops.py).
     cpu_fast_extend: bool = True
-    # Per-workload output scale where it differs from output_scale (arXiv-like's outputs are short: batches only
-    # form when they are stretched; see frontier_plan).
+    # Per-workload output scale where it differs from output_scale (arXiv-like's outputs are short: decode batches
+    # only form when they are stretched; see frontier_plan).
     output_scale_for: Dict[str, float] = field(default_factory=dict)
 
 
@@ -139,15 +139,16 @@ def frontier_plan() -> Plan:
     stops the benchmark. Matched-tail ratios: analysis/frontier.py, reported by benchmarks/readme_tables.py.
 
     arXiv-like is sized apart: its traced outputs are short (mean ~205 tokens against ~1,195-token prompts at 1/8),
-    and the prefill capacity of this CPU allows about 0.2 req/s, where such outputs leave ~8 requests decoding. Its
-    outputs are therefore stretched x2 (mean ~410; the trace's 512 cap applies before scaling) so that a decode
-    batch of ~20 runs while the long prompts arrive; the README states both factors."""
+    and the prefill capacity of this CPU allows about 0.2 req/s, where such outputs leave ~10 requests decoding
+    (a decode step over ~1,300-token contexts takes ~0.4 s). Its outputs are therefore stretched x1.25 (mean ~250,
+    at most 640) so that ~20 requests decode while the long prompts arrive; a pilot at x2 reached 25-33 but its
+    1,000-token stragglers made each run ~10 min. The README states both factors."""
     modes = ["sglang-default", "sglang-no-overlap"] + [f.format(n) for f in FAMILIES.values() for n in FRONTIER_SIZES]
     return Plan(
         model="bench-qwen3-moe", routings={"calibrated": modes},
         rates={"sharegpt-like": [0.5], "arxiv-like": [0.2]}, requests=60, prompt_scale=1 / 8, output_scale=1 / 2,
         slo={"sharegpt-like": [6.0, 1.0], "arxiv-like": [15.0, 1.0]}, max_concurrency=64,
-        output_scale_for={"arxiv-like": 2.0})
+        output_scale_for={"arxiv-like": 1.25})
 
 
 def frontier_quick_plan() -> Plan:

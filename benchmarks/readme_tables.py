@@ -75,15 +75,21 @@ def frontier_blocks(name: str, workload: str) -> Dict[str, Callable[[], str]]:
         rep = _load(rel)
         return rep, [r for r in rep["runs"] if r["workload"] == workload]
 
-    def table() -> str:
+    def runs_with_rows():
+        """Each run of the workload with its trace rows (the per-call expert bitmaps the bounds come from)."""
         rep, rs = runs()
         directory = os.path.join(RESULTS, name)
-        lines = [run_line(rep) + f" Workload {workload} at {rs[0]['rate']:g} req/s.", "",
+        return rep, [(r, trace_rows(directory, r)) for r in rs]
+
+    def table() -> str:
+        rep, items = runs_with_rows()
+        w = rep["workloads"][workload]
+        lines = [run_line(rep) + f" Workload {workload} at {items[0][0]['rate']:g} req/s, prompts x{w['prompt_scale']:g}, "
+                 f"outputs x{w['output_scale']:g} of the traced lengths.", "",
                  "| mode | TTFT p50 (s) | TTFT p99 (s) | gap p50 (ms) | gap p99 (ms) | SLO attained "
                  "| decode rows beside prompt work (mean) | prompt tokens beside >= 16 decode rows "
                  "| expert GB loaded | prompt expert GB | reload factor |", "|" + "---|" * 11]
-        for r in rs:
-            rows = trace_rows(directory, r)
+        for r, rows in items:
             g, b, lat = regime(rows), expert_traffic.bounds(rows), r["latency"]
             lines.append(
                 f"| {r['mode']} | {fmt(lat['ttft_p50_s'])} | {fmt(lat['ttft_p99_s'])} | {fmt(lat['tbt_p50_s'], 1e3, 0)} "
@@ -94,12 +100,11 @@ def frontier_blocks(name: str, workload: str) -> Dict[str, Callable[[], str]]:
         return "\n".join(lines) + _source(rel, f"{name}/trace-*.jsonl.gz", commit=rep["commit"])
 
     def bounds() -> str:
-        rep, rs = runs()
-        directory = os.path.join(RESULTS, name)
+        rep, items = runs_with_rows()
         lines = ["| mode | loaded | prompt (measured) | per cohort, no decode credit | one pass per request "
                  "| prompt floor | floor (all rows) |", "|" + "---|" * 7]
-        for r in rs:
-            b = expert_traffic.bounds(trace_rows(directory, r))
+        for r, rows in items:
+            b = expert_traffic.bounds(rows)
             if b:
                 lines.append(f"| {r['mode']} | " + " | ".join(
                     fmt(b[k], 1e-9, 1) for k in ("loaded", "prompt", "per_cohort", "one_pass_each", "prompt_floor",
@@ -149,6 +154,14 @@ def ablation_coverage(name: str) -> Callable[[], str]:
     return block
 
 
+def _paired_cell(mine: List[float], base: List[float]) -> str:
+    """Paired repetitions (same seeds): the median of per-pair ratios, the bootstrap 95% CI of the ratio of
+    medians, and in how many pairs `mine` was lower."""
+    c = paired_ratio_ci(list(zip(mine, base)))
+    return (f"{median(a / b for a, b in zip(mine, base)):.2f} [{c['ci95'][0]:.2f}-{c['ci95'][1]:.2f}], "
+            f"{c['wins']} of {c['pairs']}")
+
+
 def policies_repeated() -> str:
     """The paper rule vs our policy: paired repetitions pooled over the saved repeat runs."""
     names = ["policies-final", "policies-final-2"]
@@ -168,15 +181,42 @@ def policies_repeated() -> str:
         t_p = [v for s in paper for v in s["ttft_p50_s"]]
         g_o = [v for s in items for v in s["tbt_p99_s"]]
         g_p = [v for s in paper for v in s["tbt_p99_s"]]
-        tc, gc = paired_ratio_ci(list(zip(t_o, t_p))), paired_ratio_ci(list(zip(g_o, g_p)))
         lines.append(
-            f"| {workload} @{rate:g} | {median(t_p):.2f} / {median(t_o):.2f} | "
-            f"{median(a / b for a, b in zip(t_o, t_p)):.2f} [{tc['ci95'][0]:.2f}-{tc['ci95'][1]:.2f}], "
-            f"{tc['wins']} of {tc['pairs']} | {median(g_p) * 1e3:.0f} / {median(g_o) * 1e3:.0f} | "
-            f"{median(a / b for a, b in zip(g_o, g_p)):.2f} [{gc['ci95'][0]:.2f}-{gc['ci95'][1]:.2f}], "
-            f"{gc['wins']} of {gc['pairs']} | {len(t_o)} |")
+            f"| {workload} @{rate:g} | {median(t_p):.2f} / {median(t_o):.2f} | {_paired_cell(t_o, t_p)} "
+            f"| {median(g_p) * 1e3:.0f} / {median(g_o) * 1e3:.0f} | {_paired_cell(g_o, g_p)} | {len(t_o)} |")
     return "\n".join(lines) + _source(*(f"{n}/repeats.json" for n in names),
                                       commit=" and ".join(f"{r['commit']}" for r in reps))
+
+
+def headline(name: str, mode: str, base: str) -> Callable[[], str]:
+    """`mode` against `base`, repeated with new seeds per repetition and alternating order (ablation.py --repeat):
+    per-repetition TTFT p50, token-gap p99 and prompt expert bytes, paired ratios with bootstrap CIs."""
+    def block() -> str:
+        rel = f"{name}/repeats.json"
+        rep = _load(rel)
+        per_rep = [_load(f"{name}/rep{i}/results.json") for i in range(rep["repetitions"])]
+        lines = ["| workload | metric | " + f"{base}: median | {mode}: median | paired ratio {mode} / {base}: "
+                 "median of ratios [95% CI of the ratio of medians], lower in |", "|" + "---|" * 5]
+        for w, rates in rep["plan"]["rates"].items():
+            for rate in rates:
+                def values(m: str, get) -> List[float]:
+                    return [get(r) for p in per_rep for r in p["runs"]
+                            if r["mode"] == m and r["workload"] == w and r["rate"] == rate]
+                for label, get, scale in [
+                        ("TTFT p50 (s)", lambda r: r["latency"]["ttft_p50_s"], 1),
+                        ("TTFT p99 (s)", lambda r: r["latency"]["ttft_p99_s"], 1),
+                        ("token-gap p99 (ms)", lambda r: r["latency"]["tbt_p99_s"], 1e3),
+                        ("prompt expert GB", lambda r: r["expert_bounds"]["prompt"], 1e-9),
+                        ("expert GB loaded", lambda r: r["expert_bounds"]["loaded"], 1e-9)]:
+                    mine, theirs = values(mode, get), values(base, get)
+                    lines.append(f"| {w} @{rate:g} | {label} | {median(theirs) * scale:.3g} | "
+                                 f"{median(mine) * scale:.3g} | {_paired_cell(mine, theirs)} |")
+        first = per_rep[0]
+        return (f"{rep['repetitions']} repetitions x {rep['plan']['requests']} requests per run, seeds "
+                f"{rep['plan']['seed']} + 100 i, mode order alternating; model `{first['model']}`; "
+                f"{sum(p['wall_time_s'] for p in per_rep) / 60:.0f} min wall time.\n\n" + "\n".join(lines)
+                + _source(rel, f"{name}/rep*/results.json", f"{name}/rep*/records/", commit=rep["commit"]))
+    return block
 
 
 def calibration() -> str:
