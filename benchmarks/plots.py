@@ -26,11 +26,28 @@ def make_plots(report: dict, out_dir: str) -> list:
     return [p for p in paths if p]
 
 
-def frontier(report, out_dir):
-    """TTFT p50 against token-gap p99: each family's settings joined by size, stock SGLang as single points."""
+def _gap_vs_ttft(report, out_dir, name, title, draw):
+    """One panel per workload, TTFT p50 against token-gap p99; `draw(ax, workload)` adds the points."""
     wls = list(report["plan"]["rates"])
     fig, axes = plt.subplots(1, len(wls), figsize=(6 * len(wls), 4.5), squeeze=False)
     for ax, w in zip(axes[0], wls):
+        draw(ax, w)
+        ax.set_xlabel("token gap p99 (ms)")
+        ax.set_ylabel("TTFT p50 (s)")
+        ax.set_title(f"{w}: {title} (lower-left is better)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(_label(report), fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def frontier(report, out_dir):
+    """TTFT p50 against token-gap p99: each family's settings joined by size, stock SGLang as single points."""
+    def draw(ax, w):
         runs = [r for r in report["runs"] if r["workload"] == w and r["latency"]["tbt_p99_s"] is not None]
         for family, members in report["families"].items():
             pts = [(r["latency"]["tbt_p99_s"], r["latency"]["ttft_p50_s"], r["mode"].rsplit("-", 1)[1])
@@ -43,40 +60,19 @@ def frontier(report, out_dir):
             if r["mode"].startswith("sglang"):
                 ax.plot([r["latency"]["tbt_p99_s"] * 1e3], [r["latency"]["ttft_p50_s"]], marker="x", ls="",
                         label=r["mode"])
-        ax.set_xlabel("token gap p99 (ms)")
-        ax.set_ylabel("TTFT p50 (s)")
-        ax.set_title(f"{w}: frontier per family (lower-left is better)", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(_label(report), fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "frontier.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _gap_vs_ttft(report, out_dir, "frontier.png", "frontier per family", draw)
 
 
 def pareto(report, out_dir):
-    wls = list(report["plan"]["rates"])
-    fig, axes = plt.subplots(1, len(wls), figsize=(6 * len(wls), 4.5), squeeze=False)
-    for ax, w in zip(axes[0], wls):
+    """TTFT p50 against token-gap p99 per mode, one point per request rate."""
+    def draw(ax, w):
         for mode in report["plan"]["routings"]["model"]:
             pts = sorted(((r["latency"]["tbt_p99_s"], r["latency"]["ttft_p50_s"], r["rate"])
                           for r in _runs(report, routing="model", workload=w, mode=mode)
                           if r["latency"]["tbt_p99_s"] is not None), key=lambda p: p[2])
             if pts:
                 ax.plot([p[0] * 1e3 for p in pts], [p[1] for p in pts], marker="o", label=mode)
-        ax.set_xlabel("token gap p99 (ms)")
-        ax.set_ylabel("TTFT p50 (s)")
-        ax.set_title(f"{w}: TTFT vs TBT (lower-left is better)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(_label(report), fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "pareto.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _gap_vs_ttft(report, out_dir, "pareto.png", "TTFT vs TBT", draw)
 
 
 def expert_bytes(report, out_dir):

@@ -111,6 +111,21 @@ def frontier_blocks(name: str, workload: str) -> Dict[str, Callable[[], str]]:
                                                  "floor")) + " |")
         return "Expert GB per run:\n\n" + "\n".join(lines) + _source(rel, commit=rep["commit"])
 
+    def prompt_work() -> str:
+        """Prompt work per iteration in full-depth tokens (tokens x layers run / model layers): what bounds an
+        iteration's length, whatever the timing noise."""
+        rep, items = runs_with_rows()
+        lines = ["| mode | iterations with prompt work | full-depth prompt tokens per iteration: p50 | p99 | max "
+                 "| largest prompt unit (tokens) |", "|" + "---|" * 6]
+        for r, rows in items:
+            work = sorted(sum(p["tokens"] * (p["layers"][1] - p["layers"][0] + 1) for p in x["prefill"])
+                          / x["num_layers"] for x in rows if x["prefill"])
+            if work:
+                unit = max(p["tokens"] for x in rows for p in x["prefill"])
+                lines.append(f"| {r['mode']} | {len(work)} | {work[len(work) // 2]:.0f} "
+                             f"| {work[min(len(work) - 1, int(0.99 * len(work)))]:.0f} | {work[-1]:.0f} | {unit} |")
+        return "\n".join(lines) + _source(rel, f"{name}/trace-*.jsonl.gz", commit=rep["commit"])
+
     def matched() -> str:
         rep, _ = runs()
         lines = ["| mode | its gap p99 (ms) | its TTFT p50 (s) | TTFT / mixed-chunk frontier TTFT at that gap p99 "
@@ -132,7 +147,8 @@ def frontier_blocks(name: str, workload: str) -> Dict[str, Callable[[], str]]:
         p = get_preset(rep["model"])
         return coverage_table(rep, f"{p.num_experts} experts, top-{p.top_k}") + _source(rel, commit=rep["commit"])
 
-    return {f"{name}": table, f"{name}-bounds": bounds, f"{name}-matched": matched, f"{name}-coverage": coverage}
+    return {f"{name}": table, f"{name}-bounds": bounds, f"{name}-matched": matched, f"{name}-coverage": coverage,
+            f"{name}-prompt-work": prompt_work}
 
 
 # --- earlier CPU runs ------------------------------------------------------------------------------------------
@@ -188,6 +204,10 @@ def policies_repeated() -> str:
                                       commit=" and ".join(f"{r['commit']}" for r in reps))
 
 
+def _num(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
 def headline(name: str, mode: str, base: str) -> Callable[[], str]:
     """`mode` against `base`, repeated with new seeds per repetition and alternating order (ablation.py --repeat):
     per-repetition TTFT p50, token-gap p99 and prompt expert bytes, paired ratios with bootstrap CIs."""
@@ -207,10 +227,11 @@ def headline(name: str, mode: str, base: str) -> Callable[[], str]:
                         ("TTFT p99 (s)", lambda r: r["latency"]["ttft_p99_s"], 1),
                         ("token-gap p99 (ms)", lambda r: r["latency"]["tbt_p99_s"], 1e3),
                         ("prompt expert GB", lambda r: r["expert_bounds"]["prompt"], 1e-9),
-                        ("expert GB loaded", lambda r: r["expert_bounds"]["loaded"], 1e-9)]:
+                        ("expert GB loaded", lambda r: r["expert_bounds"]["loaded"], 1e-9),
+                        ("decode rows beside prompt work (mean)", lambda r: r["regime"]["decode_rows_mean"], 1)]:
                     mine, theirs = values(mode, get), values(base, get)
-                    lines.append(f"| {w} @{rate:g} | {label} | {median(theirs) * scale:.3g} | "
-                                 f"{median(mine) * scale:.3g} | {_paired_cell(mine, theirs)} |")
+                    lines.append(f"| {w} @{rate:g} | {label} | {_num(median(theirs) * scale)} | "
+                                 f"{_num(median(mine) * scale)} | {_paired_cell(mine, theirs)} |")
         first = per_rep[0]
         return (f"{rep['repetitions']} repetitions x {rep['plan']['requests']} requests per run, seeds "
                 f"{rep['plan']['seed']} + 100 i, mode order alternating; model `{first['model']}`; "
@@ -298,6 +319,8 @@ def sim_block(stem: str, module: str) -> Callable[[], str]:
 
 BLOCKS: Dict[str, Callable[[], str]] = {
     **frontier_blocks("frontier-sharegpt", "sharegpt-like"),
+    **frontier_blocks("frontier-arxiv", "arxiv-like"),
+    "headline-sharegpt": headline("headline-sharegpt", "layered-ours-512", "mixed-chunk-256"),
     "default": ablation_table("default"),
     "default-coverage": ablation_coverage("default"),
     "dense": ablation_table("dense"),
@@ -313,7 +336,7 @@ BLOCKS: Dict[str, Callable[[], str]] = {
 }
 
 # Plots, redrawn from the same files: results dir -> plot-making function of plots.py.
-PLOTS = ["frontier-sharegpt", "default", "dense", "dense-load"]
+PLOTS = ["frontier-sharegpt", "frontier-arxiv", "default", "dense", "dense-load"]
 
 
 def render(text: str) -> str:
