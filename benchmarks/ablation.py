@@ -91,6 +91,13 @@ class Plan:
     # Per-workload output scale where it differs from output_scale (arXiv-like's outputs are short: decode batches
     # only form when they are stretched; see frontier_plan).
     output_scale_for: Dict[str, float] = field(default_factory=dict)
+    # "random-ids": uniform token ids (random-weight models); "heldout-text": windows of the held-out fortunes
+    # tokenized by the model's tokenizer (the trained checkpoint: its routers then see the text they were trained on).
+    prompts: str = "random-ids"
+
+    def __post_init__(self):
+        if self.prompts not in ("random-ids", "heldout-text"):
+            raise ValueError(f"Plan.prompts: 'random-ids' or 'heldout-text', got {self.prompts!r}")
 
 
 def default_plan() -> Plan:
@@ -151,6 +158,25 @@ def frontier_plan() -> Plan:
         output_scale_for={"arxiv-like": 1.25})
 
 
+TRAINED_MODES = ["mixed-chunk-64", "mixed-chunk-128", "mixed-chunk-256", "mixed-chunk-512", "layered-paper-128",
+                 "layered-paper-256", "layered-ours-128", "layered-ours-256", "layered-ours-512"]
+
+
+def trained_plan() -> Plan:
+    """Issue 13's comparison on the trained checkpoint (trained-qwen3-moe: 4 layers, 32 experts, top-4, its own
+    routers), prompts cut from the held-out fortunes so the routers see text like their training data. ShareGPT-like
+    lengths at the frontier's factors (prompts 1/8, outputs 1/2). The model is ~60x smaller than bench-qwen3-moe, so
+    an iteration is mostly SGLang's per-iteration overhead. Sized by a pilot (60 requests at 6 req/s, mixed-chunk-256
+    and layered-ours-512): ~28 requests decoding beside prompt work on average, token gap p50 ~87 ms, 42 s per run.
+    Positions past the training length (256) are out of its training distribution; the routers still are trained
+    ones. Exclusion rules as frontier_plan's. Its frontier picks the matched mixed-chunk
+    size; --repeat repeats the pair; --rates sweeps the pair's rate to saturation."""
+    return Plan(
+        model="trained-qwen3-moe", routings={"model": list(TRAINED_MODES)}, rates={"sharegpt-like": [6.0]},
+        requests=100, prompt_scale=1 / 8, output_scale=1 / 2, slo={"sharegpt-like": [2.0, 0.25]}, max_concurrency=64,
+        prompts="heldout-text")
+
+
 def frontier_quick_plan() -> Plan:
     """The frontier pipeline on the tiny model with two sizes per family (CI)."""
     modes = ["sglang-no-overlap"] + [f.format(n) for f in FAMILIES.values() for n in (64, 512)]
@@ -180,6 +206,14 @@ def server_args(plan: Plan, mode: str, routing: str, trace: str) -> List[str]:
             "--layered-prefill-trace", trace, *accounting, *fast_extend]
 
 
+def heldout_stream(model_path) -> List[int]:
+    from pathlib import Path
+
+    from sgl_layered.models.train import heldout_ids
+
+    return heldout_ids(Path(model_path))
+
+
 def read_new_rows(path: str, offset: int):
     """The complete lines written since `offset` (a line still being written is left for the next read)."""
     with open(path, "rb") as f:
@@ -192,13 +226,14 @@ def read_new_rows(path: str, offset: int):
 def run(plan: Plan, out_dir: str) -> dict:
     from tqdm import tqdm
 
-    from load import EnergyMeter, make_prompts, run_load
+    from load import EnergyMeter, make_prompts, run_load, text_prompts
     from sgl_layered.models import build, get_preset
     from sgl_layered.serve import ServerProcess
 
     os.makedirs(out_dir, exist_ok=True)
     model_path = build(plan.model)
     vocab = get_preset(plan.model).vocab_size
+    stream = heldout_stream(model_path) if plan.prompts == "heldout-text" else None
     out_scale = {w: plan.output_scale_for.get(w, plan.output_scale) for w in ("sharegpt-like", "arxiv-like")}
     wls = {w.name: w for w in (workloads.sharegpt(plan.prompt_scale, out_scale["sharegpt-like"]),
                                  workloads.arxiv(plan.prompt_scale, out_scale["arxiv-like"]))}
@@ -224,7 +259,8 @@ def run(plan: Plan, out_dir: str) -> dict:
                 _, offset = read_new_rows(trace, 0)  # a line boundary: complete lines only
                 for (r_, m_, wname, rate) in [j for j in jobs if j[0] == routing and j[1] == mode]:
                     lengths = wls[wname].sample(plan.requests, seed=plan.seed)
-                    prompts = make_prompts(lengths, vocab, seed=plan.seed + 1)
+                    prompts = text_prompts(lengths, stream, seed=plan.seed + 1) if stream else \
+                        make_prompts(lengths, vocab, seed=plan.seed + 1)
                     arrivals = workloads.poisson_arrivals(plan.requests, rate, seed=plan.seed + 2)
                     server.flush_cache()
                     bar.set_postfix_str(f"{routing}/{mode}/{wname}@{rate}")
@@ -385,11 +421,15 @@ def main() -> None:
     ap.add_argument("--frontier", action="store_true",
                     help="fair baselines: every family (mixed chunk, layered paper/ours) at sizes 64..2048 and stock "
                          "with and without overlap, in the paper's regime (add --quick for the tiny CI version)")
+    ap.add_argument("--trained", action="store_true",
+                    help="the trained checkpoint (trained-qwen3-moe), prompts from held-out text, ShareGPT-like")
     ap.add_argument("--out", default=None, help="output directory (default benchmarks/results/<quick|default>)")
     ap.add_argument("--requests", type=int, default=None, help="requests per run")
     ap.add_argument("--modes", default=None, help="comma-separated subset of the plan's modes")
     ap.add_argument("--workloads", default=None, help="comma-separated subset of the plan's workloads")
     ap.add_argument("--seed", type=int, default=None, help="base seed of lengths, prompts and arrivals")
+    ap.add_argument("--rates", default=None,
+                    help="comma-separated request rates (req/s) replacing the plan's; every mode runs at each")
     ap.add_argument("--rate-scale", type=float, default=None, help="multiply every request rate of the plan")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run the plan this many times, each with new seeds (every mode sees the same ones), and "
@@ -397,13 +437,23 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.update(cpu.machine_env())  # the CPU engine only where there is no CUDA device
     name = ("frontier-quick" if args.frontier and args.quick else "frontier" if args.frontier else "quick"
-            if args.quick else "policies" if args.policies else "dense" if args.dense else "default")
+            if args.quick else "policies" if args.policies else "dense" if args.dense else "trained" if args.trained
+            else "default")
     plan = {"quick": quick_plan, "policies": policy_plan, "dense": dense_plan, "default": default_plan,
-            "frontier": frontier_plan, "frontier-quick": frontier_quick_plan}[name]()
+            "frontier": frontier_plan, "frontier-quick": frontier_quick_plan, "trained": trained_plan}[name]()
     if args.requests:
         plan.requests = args.requests
     if args.seed is not None:
         plan.seed = args.seed
+    if args.rates:
+        try:
+            rates = [float(r) for r in args.rates.split(",")]
+        except ValueError:
+            ap.error(f"--rates: comma-separated numbers, got {args.rates!r}")
+        if not rates or min(rates) <= 0:
+            ap.error("--rates: positive request rates")
+        plan.rates = {w: rates for w in plan.rates}
+        plan.sweep_rates_for = [m for modes in plan.routings.values() for m in modes]
     if args.rate_scale:
         plan.rates = {w: [round(r * args.rate_scale, 3) for r in rates] for w, rates in plan.rates.items()}
     if args.workloads:

@@ -35,6 +35,19 @@ def make_prompts(lengths: List[tuple], vocab: int, seed: int) -> List[list]:
     return [[rng.randrange(0, vocab - 3) for _ in range(p)] for p, _ in lengths]
 
 
+def text_prompts(lengths: List[tuple], stream: List[int], seed: int) -> List[list]:
+    """Per (prompt_len, output_len): a window of `stream` (real text's token ids) at a seeded offset; a prompt
+    longer than the stream reads it round and round."""
+    if not stream:
+        raise ValueError("text_prompts needs a non-empty token stream")
+    rng = random.Random(seed)
+    out = []
+    for p, _ in lengths:
+        start = rng.randrange(len(stream))
+        out.append([stream[(start + i) % len(stream)] for i in range(p)])
+    return out
+
+
 async def _run(url: str, prompts: List[list], lengths: List[tuple], arrivals: List[float], max_concurrency: int,
                progress=None) -> tuple:
     serving = _client_args()

@@ -3,7 +3,9 @@ published: the frontier keeps only undominated settings, the interpolation hits 
 refuses to extrapolate, a family compared with itself gives 1 inside its interval, and scaling one side's TTFT
 scales the ratio."""
 
+import os
 import random
+import sys
 
 from sgl_layered.analysis.frontier import (Point, bootstrap_matched_ratio, matched_ratio, paired_ratio_ci, pareto,
                                            point, ttft_at)
@@ -58,13 +60,16 @@ def test_paired_ratio_keeps_pairs():
     assert abs(r["ratio"] - 0.5) < 1e-9 and r["ci95"][0] <= 0.5 <= r["ci95"][1] and r["wins"] == 5
 
 
+def _benchmarks_on_path():
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
 def test_benchmark_reports_matched_tail_and_plots_the_frontier(tmp_path):
     """benchmarks/ablation.py's frontier report on synthetic records: each layered run is matched against the
     mixed-chunk family, and the frontier plot is drawn (the servers themselves run in `ablation.py --frontier`)."""
-    import os
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    _benchmarks_on_path()
     import ablation
     import plots
 
@@ -92,3 +97,27 @@ def test_benchmark_reports_matched_tail_and_plots_the_frontier(tmp_path):
 def test_token_times_follow_arrival_ttft_and_gaps():
     r = RequestRecord(ttft=0.5, gaps=[0.1, 0.2], e2e=0.8, prompt_len=3, output_len=3, success=True, arrival=2.0)
     assert r.token_times() == [2.5, 2.6, 2.8000000000000003] and len(r.token_times()) == r.output_len
+
+
+def test_text_prompts_are_seeded_windows_of_the_stream():
+    _benchmarks_on_path()
+    import load
+
+    stream = list(range(100, 150))
+    lengths = [(7, 1), (50, 1), (120, 1)]
+    a, b = load.text_prompts(lengths, stream, seed=3), load.text_prompts(lengths, stream, seed=3)
+    assert a == b and [len(p) for p in a] == [7, 50, 120]
+    for p in a:  # consecutive tokens of the stream, read round and round
+        assert all(stream[(stream.index(p[0]) + i) % len(stream)] == t for i, t in enumerate(p))
+    assert load.text_prompts(lengths, stream, seed=4) != a
+
+
+def test_plan_refuses_an_unknown_prompt_source():
+    import pytest
+
+    _benchmarks_on_path()
+    import ablation
+
+    assert ablation.trained_plan().prompts == "heldout-text"
+    with pytest.raises(ValueError, match="heldout-text"):
+        ablation.Plan(**{**vars(ablation.trained_plan()), "prompts": "fortunes"})

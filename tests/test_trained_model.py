@@ -120,6 +120,12 @@ def test_corpus_and_coverage_report(micro):
     assert set(report["U"]) == {"trained", "calibrated", "calibrated_analytic", "random_weights"}
     for routing in ("trained", "calibrated", "random_weights"):
         assert report["U"][routing]["consecutive"][1] == MICRO.top_k
+    # Benchmark prompts for a trained checkpoint: the held-out text through its own tokenizer, decoding back to it.
+    ids = T.heldout_ids(path)
+    from tokenizers import Tokenizer
+
+    text = Tokenizer.from_file(str(path / "tokenizer.json")).decode(ids[:400])
+    assert len(ids) > 10000 and held[0][1][:40] in text
 
 
 def test_recipe_is_in_the_cache_path_and_build_never_trains(tmp_path, monkeypatch):

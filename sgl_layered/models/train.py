@@ -422,6 +422,13 @@ def chat_prompt(question: str) -> str:
     return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
+def heldout_ids(tokenizer_dir: Path, root: Path = FORTUNES_DIR) -> List[int]:
+    """The held-out fortunes (never trained on), each ended by <|endoftext|>, as one token-id list: text the trained
+    checkpoint's router sees as in-distribution, for benchmark prompts and routing measurements."""
+    _, held = split(fortunes(root))
+    return token_stream(tokenizer_dir, [t + DOC_SEP for _, t in held]).tolist()
+
+
 def train(name: str = "trained-qwen3-moe", preset: Optional[ModelPreset] = None, docs: Optional[Sequence[Doc]] = None,
           steps: Optional[int] = None, force: bool = False, log: Callable[[str], None] = print) -> Path:
     """Train preset `name` (or `preset`) on `docs` (default: the installed fortunes) and publish it in the cache.
