@@ -31,7 +31,7 @@ from report_table import coverage_table, fmt, run_line, runs_table  # noqa: E402
 
 from sgl_layered.analysis import expert_traffic  # noqa: E402
 from sgl_layered.analysis.frontier import paired_ratio_ci  # noqa: E402
-from sgl_layered.analysis.regime import regime  # noqa: E402
+from sgl_layered.analysis.regime import prompt_work as iteration_prompt_work, regime  # noqa: E402
 from sgl_layered.models import get_preset  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- /generated -->)", re.S)
@@ -118,8 +118,7 @@ def frontier_blocks(name: str, workload: str) -> Dict[str, Callable[[], str]]:
         lines = ["| mode | iterations with prompt work | full-depth prompt tokens per iteration: p50 | p99 | max "
                  "| largest prompt unit (tokens) |", "|" + "---|" * 6]
         for r, rows in items:
-            work = sorted(sum(p["tokens"] * (p["layers"][1] - p["layers"][0] + 1) for p in x["prefill"])
-                          / x["num_layers"] for x in rows if x["prefill"])
+            work = iteration_prompt_work(rows)
             if work:
                 unit = max(p["tokens"] for x in rows for p in x["prefill"])
                 lines.append(f"| {r['mode']} | {len(work)} | {work[len(work) // 2]:.0f} "
@@ -237,6 +236,38 @@ def headline(name: str, mode: str, base: str) -> Callable[[], str]:
                 f"{rep['plan']['seed']} + 100 i, mode order alternating; model `{first['model']}`; "
                 f"{sum(p['wall_time_s'] for p in per_rep) / 60:.0f} min wall time.\n\n" + "\n".join(lines)
                 + _source(rel, f"{name}/rep*/results.json", f"{name}/rep*/records/", commit=rep["commit"]))
+    return block
+
+
+def rate_sweep(name: str) -> Callable[[], str]:
+    """Every mode at every rate of one run (ablation.py --rates): latency, SLO attainment and goodput (requests
+    meeting both SLOs per second), and each mode's highest rate still attaining the SLO goal."""
+    def block() -> str:
+        rel = f"{name}/results.json"
+        rep = _load(rel)
+        runs = rep["runs"]
+        modes = list(dict.fromkeys(r["mode"] for r in runs))
+        lines = [run_line(rep), "", "| workload | rate (req/s) | mode | TTFT p50 (s) | TTFT p99 (s) | gap p99 (ms) "
+                 "| decode rows beside prompt work (mean) | SLO attained | goodput (req/s) | output tok/s |",
+                 "|" + "---|" * 10]
+        for r in sorted(runs, key=lambda r: (r["workload"], r["rate"], modes.index(r["mode"]))):
+            lat = r["latency"]
+            lines.append(f"| {r['workload']} | {r['rate']:g} | {r['mode']} | {fmt(lat['ttft_p50_s'])} "
+                         f"| {fmt(lat['ttft_p99_s'])} | {fmt(lat['tbt_p99_s'], 1e3, 0)} "
+                         f"| {fmt(r['regime']['decode_rows_mean'], 1, 1)} | {fmt(lat['slo_attainment'], pct=True)} "
+                         f"| {fmt(lat['goodput_req_s'])} | {fmt(lat['throughput_tok_s'], 1, 0)} |")
+        lines += ["", "| workload | mode | highest rate attaining the SLO goal | lowest rate missing it |",
+                  "|---|---|---|---|"]
+        for w in dict.fromkeys(r["workload"] for r in runs):
+            for m in modes:
+                mine = sorted((r["rate"], r["latency"]["slo_met"]) for r in runs if r["mode"] == m and r["workload"] == w)
+                met = [rate for rate, ok in mine if ok]
+                missed = [rate for rate, ok in mine if not ok]
+                lines.append(f"| {w} | {m} | {f'{max(met):g}' if met else 'none'} "
+                             f"| {f'{min(missed):g}' if missed else 'none (not saturated)'} |")
+        goal = runs[0]["latency"]["slo_goal"]
+        return (f"SLO goal: {goal:.0%} of requests meet both SLOs.\n\n" + "\n".join(lines)
+                + _source(rel, f"{name}/records/", commit=rep["commit"]))
     return block
 
 

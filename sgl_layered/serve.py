@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,8 +15,33 @@ import urllib.request
 from sgl_layered import cpu
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+# The server's HTTP port is chosen here and bound by uvicorn only once the engine has started, so no other process
+# may take it in between. bind(0) hands out ports of the kernel's ephemeral range, where the engine's own children
+# listen too (gloo): one such port, released here, was taken by SGLang's scheduler before uvicorn bound it, and the
+# server hung with "address already in use". SGLang keeps its late-bound port in 22000-29999 for the same reason;
+# ours comes from between that range and the ephemeral one.
+PORT_RANGE = (30000, 32767)
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(attempts: int = 64) -> int:
+    low, high = PORT_RANGE[0], min(PORT_RANGE[1], _ephemeral_low() - 1)
+    candidates = random.sample(range(low, high + 1), min(attempts, high - low + 1)) if high >= low else []
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # no port left below the ephemeral range (a machine with an unusual port range)
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

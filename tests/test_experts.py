@@ -169,6 +169,15 @@ def test_expert_bytes_do_not_depend_on_the_group_count(model_path, tmp_path):
             o["meta_info"]["prompt_tokens"] - o["meta_info"]["cached_tokens"] for o in outs), name
     passes = [r for r in runs["G=N"][0] if r["prefill"]]
     assert len(passes) == len(ONE_AT_A_TIME) * TINY.num_layers  # G > 1: one piece per group pass
+    # Prompt work per iteration in full-depth tokens: a run's iterations sum to its new prompt tokens in every mode;
+    # a chunk never carries more than its size, a one-layer pass 1/N of its cohort.
+    from sgl_layered.analysis.regime import prompt_work
+
+    for name, (rows, _) in runs.items():
+        assert sum(prompt_work(rows)) == pytest.approx(totals[name]["prefill_tokens"]), name
+    assert max(prompt_work(runs["chunk-32"][0])) <= 32
+    assert max(prompt_work(passes)) == pytest.approx(max(p["tokens"] for r in passes for p in r["prefill"])
+                                                     / TINY.num_layers)
     g1, gn, chunked = (totals[k] for k in ("G=1", "G=N", "chunk-32"))
     assert gn["loaded_bytes"] == pytest.approx(g1["loaded_bytes"], rel=0.01)
     assert gn["prefill_bytes_per_token"] == pytest.approx(g1["prefill_bytes_per_token"], rel=0.01)

@@ -235,3 +235,19 @@ def test_openai_structured_output_and_tool_calls_same_as_stock(layered, stock, m
             assert ours[2] and ours[2][0][0] == "get_weather" and "city" in json.loads(ours[2][0][1]), ours
         if name == "invalid schema":
             assert ours[0] == 400, ours
+
+
+def test_server_port_is_never_one_the_engine_may_take():
+    """The HTTP port comes from below the kernel's ephemeral range (where the engine's children listen on ports of
+    their own) and above SGLang's own late-bound port range, and is free when chosen."""
+    import socket
+
+    from sgl_layered import serve
+
+    ephemeral = serve._ephemeral_low()
+    for _ in range(50):
+        port = serve.free_port()
+        if ephemeral > serve.PORT_RANGE[0]:
+            assert serve.PORT_RANGE[0] <= port < ephemeral and port <= serve.PORT_RANGE[1]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

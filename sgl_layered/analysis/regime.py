@@ -7,7 +7,7 @@ or tiny decode batch says little about that case, so every frontier table shows 
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, List
 
 from .expert_traffic import counted_tokens
 
@@ -25,3 +25,15 @@ def regime(rows: Iterable[dict], batch: int = 16) -> dict:
         heavy += t if r["decode_rows"] >= batch else 0
     return {"decode_rows_mean": sum(beside) / len(beside) if beside else None,
             f"tokens_beside_{batch}": heavy / tokens if tokens else None}
+
+
+def full_depth_prompt_tokens(row: dict) -> float:
+    """An iteration's prompt work in full-depth tokens: each piece's tokens x the layers it ran ([start, end)), over
+    the model's layers. A chunk of C tokens through every layer is C; a cohort of L tokens sums to L over its passes.
+    It bounds the iteration's prompt compute whatever the timing noise."""
+    return sum(p["tokens"] * (p["layers"][1] - p["layers"][0]) for p in row["prefill"]) / row["num_layers"]
+
+
+def prompt_work(rows: Iterable[dict]) -> List[float]:
+    """Full-depth prompt tokens of every iteration that carried prompt rows, in ascending order."""
+    return sorted(full_depth_prompt_tokens(r) for r in rows if r["prefill"])
