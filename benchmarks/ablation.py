@@ -166,15 +166,17 @@ def trained_plan() -> Plan:
     """Issue 13's comparison on the trained checkpoint (trained-qwen3-moe: 4 layers, 32 experts, top-4, its own
     routers), prompts cut from the held-out fortunes so the routers see text like their training data. ShareGPT-like
     lengths at the frontier's factors (prompts 1/8, outputs 1/2). The model is ~60x smaller than bench-qwen3-moe, so
-    an iteration is mostly SGLang's per-iteration overhead. Sized by a pilot (60 requests at 6 req/s, mixed-chunk-256
-    and layered-ours-512): ~28 requests decoding beside prompt work on average, token gap p50 ~87 ms, 42 s per run.
+    an iteration is mostly SGLang's per-iteration overhead. Sized by pilots (mixed-chunk-256 and layered-ours-512):
+    at 6 req/s with the client's usual 64 requests in flight, 17-30 of 100 requests waited up to 18 s in the client
+    before being sent (the server was saturated, and TTFT, measured from sending, hid it); with no client limit, 60
+    requests at 4.5 req/s kept 24-26 requests decoding beside prompt work, gap p99 111-146 ms, no client wait.
     Positions past the training length (256) are out of its training distribution; the routers still are trained
     ones. Exclusion rules as frontier_plan's. Its frontier picks the matched mixed-chunk
     size; --repeat repeats the pair; --rates sweeps the pair's rate to saturation."""
     return Plan(
-        model="trained-qwen3-moe", routings={"model": list(TRAINED_MODES)}, rates={"sharegpt-like": [6.0]},
-        requests=100, prompt_scale=1 / 8, output_scale=1 / 2, slo={"sharegpt-like": [2.0, 0.25]}, max_concurrency=64,
-        prompts="heldout-text")
+        model="trained-qwen3-moe", routings={"model": list(TRAINED_MODES)}, rates={"sharegpt-like": [4.5]},
+        requests=100, prompt_scale=1 / 8, output_scale=1 / 2, slo={"sharegpt-like": [2.0, 0.25]},
+        max_concurrency=1000, prompts="heldout-text")
 
 
 def frontier_quick_plan() -> Plan:
@@ -204,6 +206,11 @@ def server_args(plan: Plan, mode: str, routing: str, trace: str) -> List[str]:
     fast_extend = ["--layered-prefill-cpu-fast-extend"] if plan.cpu_fast_extend and not cpu.have_cuda() else []
     return [*cpu.machine_server_args(plan.max_total_tokens, "float32"), "--sleep-on-idle", *MODES[mode],
             "--layered-prefill-trace", trace, *accounting, *fast_extend]
+
+
+def arrival_schedule(requests: int, rate: float, plan_seed: int) -> List[float]:
+    """A run's open-loop arrival offsets (the same for every mode; readme_tables recomputes them from the plan)."""
+    return workloads.poisson_arrivals(requests, rate, seed=plan_seed + 2)
 
 
 def heldout_stream(model_path) -> List[int]:
@@ -261,7 +268,7 @@ def run(plan: Plan, out_dir: str) -> dict:
                     lengths = wls[wname].sample(plan.requests, seed=plan.seed)
                     prompts = text_prompts(lengths, stream, seed=plan.seed + 1) if stream else \
                         make_prompts(lengths, vocab, seed=plan.seed + 1)
-                    arrivals = workloads.poisson_arrivals(plan.requests, rate, seed=plan.seed + 2)
+                    arrivals = arrival_schedule(plan.requests, rate, plan.seed)
                     server.flush_cache()
                     bar.set_postfix_str(f"{routing}/{mode}/{wname}@{rate}")
                     with EnergyMeter() as meter:  # GPU energy via NVML; on CPU it records why not

@@ -68,6 +68,18 @@ def trace_rows(directory: str, run: dict) -> List[dict]:
     return []
 
 
+def max_client_wait(directory: str, rep: dict, run: dict) -> float:
+    """The longest a request of the run waited in the client before being sent: its saved record against the plan's
+    seeded arrival schedule."""
+    from ablation import arrival_schedule, load_records
+
+    from sgl_layered.analysis.latency import client_waits
+
+    records = load_records(os.path.join(directory, "records",
+                                        f"{run['routing']}-{run['mode']}-{run['workload']}-{run['rate']}.json.gz"))
+    return max(client_waits(records, arrival_schedule(len(records), run["rate"], rep["plan"]["seed"])))
+
+
 def frontier_blocks(name: str, workload: str) -> Dict[str, Callable[[], str]]:
     rel = f"{name}/results.json"
 
@@ -87,13 +99,14 @@ def frontier_blocks(name: str, workload: str) -> Dict[str, Callable[[], str]]:
         lines = [run_line(rep) + f" Workload {workload} at {items[0][0]['rate']:g} req/s, prompts x{w['prompt_scale']:g}, "
                  f"outputs x{w['output_scale']:g} of the traced lengths.", "",
                  "| mode | TTFT p50 (s) | TTFT p99 (s) | gap p50 (ms) | gap p99 (ms) | SLO attained "
-                 "| decode rows beside prompt work (mean) | prompt tokens beside >= 16 decode rows "
-                 "| expert GB loaded | prompt expert GB | reload factor |", "|" + "---|" * 11]
+                 "| max client wait (s) | decode rows beside prompt work (mean) | prompt tokens beside >= 16 decode rows "
+                 "| expert GB loaded | prompt expert GB | reload factor |", "|" + "---|" * 12]
         for r, rows in items:
             g, b, lat = regime(rows), expert_traffic.bounds(rows), r["latency"]
             lines.append(
                 f"| {r['mode']} | {fmt(lat['ttft_p50_s'])} | {fmt(lat['ttft_p99_s'])} | {fmt(lat['tbt_p50_s'], 1e3, 0)} "
                 f"| {fmt(lat['tbt_p99_s'], 1e3, 0)} | {fmt(lat['slo_attainment'], pct=True)} "
+                f"| {fmt(max_client_wait(os.path.join(RESULTS, name), rep, r))} "
                 f"| {fmt(g['decode_rows_mean'], 1, 1)} | {fmt(g['tokens_beside_16'], pct=True)} "
                 f"| {fmt(b.get('loaded'), 1e-9, 1)} | {fmt(b.get('prompt'), 1e-9, 1)} "
                 f"| {fmt(b.get('reload_factor'))} |")

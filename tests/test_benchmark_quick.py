@@ -47,6 +47,8 @@ def test_ablation_quick(tmp_path):
         rows = readme_tables.trace_rows(str(tmp_path), r)
         assert rows and [rows[0]["iter"], rows[-1]["iter"]] == r["trace_iters"]
         assert readme_tables.expert_traffic.bounds(rows) == r["expert_bounds"] and regime(rows) == r["regime"]
+        # Sent never before its scheduled arrival; the quick plan's client limit never binds.
+        assert 0 <= readme_tables.max_client_wait(str(tmp_path), report, r) < 0.5, r["mode"]
         b = r["expert_bounds"]
         assert b["floor"] <= b["loaded"] and b["prompt_floor"] <= b["prompt"] <= b["loaded"], b
     for a in report["runs"]:

@@ -121,3 +121,15 @@ def test_plan_refuses_an_unknown_prompt_source():
     assert ablation.trained_plan().prompts == "heldout-text"
     with pytest.raises(ValueError, match="heldout-text"):
         ablation.Plan(**{**vars(ablation.trained_plan()), "prompts": "fortunes"})
+
+
+def test_client_waits_are_send_times_against_the_schedule():
+    import pytest
+
+    from sgl_layered.analysis.latency import client_waits
+
+    recs = [RequestRecord(ttft=0.1, gaps=[], e2e=0.1, prompt_len=1, output_len=1, success=True, arrival=a)
+            for a in (0.0, 1.5, 2.0)]
+    assert client_waits(recs, [0.0, 0.5, 2.0]) == [0.0, 1.0, 0.0]
+    with pytest.raises(ValueError):
+        client_waits(recs, [0.0])

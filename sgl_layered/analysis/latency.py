@@ -31,6 +31,16 @@ class RequestRecord:
         return out
 
 
+def client_waits(records: List[RequestRecord], scheduled: List[float]) -> List[float]:
+    """Seconds each request waited in the client before it was sent (`arrival` is the send time; `scheduled` the
+    open-loop arrival schedule, same order). TTFT is measured from sending, as SGLang's client measures it, so a
+    client-side concurrency limit that binds hides queueing from TTFT: these must stay near zero for TTFT to be the
+    latency a user would see."""
+    if len(records) != len(scheduled):
+        raise ValueError(f"{len(records)} records for {len(scheduled)} scheduled arrivals")
+    return [r.arrival - s for r, s in zip(records, scheduled)]
+
+
 def percentile(values: List[float], q: float) -> Optional[float]:
     """Linear-interpolated percentile (q in 0..100); None for no values."""
     if not values:
