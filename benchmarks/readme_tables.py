@@ -365,6 +365,9 @@ BLOCKS: Dict[str, Callable[[], str]] = {
     **frontier_blocks("frontier-sharegpt", "sharegpt-like"),
     **frontier_blocks("frontier-arxiv", "arxiv-like"),
     "headline-sharegpt": headline("headline-sharegpt", "layered-ours-512", "mixed-chunk-256"),
+    **frontier_blocks("frontier-trained", "sharegpt-like"),
+    "headline-trained": headline("headline-trained", "layered-ours-512", "mixed-chunk-512"),
+    "rates-trained": rate_sweep("rates-trained"),
     "default": ablation_table("default"),
     "default-coverage": ablation_coverage("default"),
     "dense": ablation_table("dense"),
@@ -380,7 +383,7 @@ BLOCKS: Dict[str, Callable[[], str]] = {
 }
 
 # Plots, redrawn from the same files: results dir -> plot-making function of plots.py.
-PLOTS = ["frontier-sharegpt", "frontier-arxiv", "default", "dense", "dense-load"]
+PLOTS = ["frontier-sharegpt", "frontier-arxiv", "frontier-trained", "rates-trained", "default", "dense", "dense-load"]
 
 
 def render(text: str) -> str:
