@@ -19,7 +19,8 @@ def _label(report):
 
 
 def make_plots(report: dict, out_dir: str) -> list:
-    if "matched_tail" in report:  # a frontier plan: one routing, one rate per workload
+    one_rate = all(len(rates) == 1 for rates in report["plan"]["rates"].values())
+    if "matched_tail" in report and one_rate:  # a frontier plan: one routing, one rate per workload
         paths = [frontier(report, out_dir), expert_bytes(report, out_dir)]
     else:
         paths = [pareto(report, out_dir), expert_bytes(report, out_dir), rates(report, out_dir)]
@@ -102,21 +103,26 @@ def expert_bytes(report, out_dir):
 
 
 def rates(report, out_dir):
+    """Per workload, against the offered request rate: TTFT p50, token-gap p99 and goodput (requests meeting both
+    SLOs per second; the dashed line is the offered rate, which goodput reaches only while nothing is missed)."""
     wls = list(report["plan"]["rates"])
-    fig, axes = plt.subplots(2, len(wls), figsize=(6 * len(wls), 7), squeeze=False)
+    fig, axes = plt.subplots(3, len(wls), figsize=(6 * len(wls), 10), squeeze=False)
+    panels = [("TTFT p50 (s)", lambda r: r["latency"]["ttft_p50_s"]),
+              ("token gap p99 (ms)", lambda r: 1e3 * (r["latency"]["tbt_p99_s"] or 0)),
+              ("goodput (req/s)", lambda r: r["latency"].get("goodput_req_s") or 0)]
     for col, w in enumerate(wls):
         for mode in report["plan"]["routings"]["model"]:
             runs = sorted(_runs(report, routing="model", workload=w, mode=mode), key=lambda r: r["rate"])
             if len(runs) < 1:
                 continue
             xs = [r["rate"] for r in runs]
-            axes[0][col].plot(xs, [r["latency"]["ttft_p50_s"] for r in runs], marker="o", label=mode)
-            axes[1][col].plot(xs, [100 * (r["latency"]["slo_attainment"] or 0) for r in runs], marker="o", label=mode)
-        axes[0][col].set_title(f"{w}: TTFT p50 vs rate")
-        axes[0][col].set_ylabel("TTFT p50 (s)")
-        axes[1][col].set_ylabel("SLO attainment (%)")
-        axes[1][col].axhline(90, color="gray", ls="--", lw=0.8)
-        for row in (0, 1):
+            for row, (_, get) in enumerate(panels):
+                axes[row][col].plot(xs, [get(r) for r in runs], marker="o", label=mode)
+        offered = sorted(report["plan"]["rates"][w])
+        axes[2][col].plot(offered, offered, color="gray", ls="--", lw=0.8, label="offered rate")
+        axes[0][col].set_title(f"{w}: against the request rate")
+        for row, (label, _) in enumerate(panels):
+            axes[row][col].set_ylabel(label)
             axes[row][col].set_xlabel("request rate (req/s)")
             axes[row][col].grid(alpha=0.3)
             axes[row][col].legend(fontsize=7)
