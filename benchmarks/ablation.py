@@ -237,6 +237,7 @@ def run(plan: Plan, out_dir: str) -> dict:
     from sgl_layered.models import build, get_preset
     from sgl_layered.serve import ServerProcess
 
+    commit = _git_commit()  # the code that runs: taken before anything else
     os.makedirs(out_dir, exist_ok=True)
     model_path = build(plan.model)
     vocab = get_preset(plan.model).vocab_size
@@ -253,7 +254,7 @@ def run(plan: Plan, out_dir: str) -> dict:
                     jobs.append((routing, mode, wname, rate))
     results, traces, run_records = [], {}, {}
     bar = tqdm(total=len(jobs) * plan.requests, desc="requests", unit="req")
-    t_start, commit = time.time(), _git_commit()  # the code that runs: taken before any server starts
+    t_start = time.time()
     for routing, modes in plan.routings.items():
         for mode in modes:
             trace = os.path.join(out_dir, f"trace-{routing}-{mode}.jsonl")
