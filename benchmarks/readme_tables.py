@@ -381,8 +381,21 @@ BLOCKS: Dict[str, Callable[[], str]] = {
     "sim-cpu-policies": sim_block("cpu_policies", "sim_cpu_policies"),
 }
 
-# Plots, redrawn from the same files: results dir -> plot-making function of plots.py.
-PLOTS = ["frontier-sharegpt", "frontier-arxiv", "frontier-trained", "rates-trained", "default", "dense", "dense-load"]
+# Plots, redrawn from the same files: each entry names the results directories one set of plots combines (drawn
+# into the first; a rate sweep run in parts is one sweep).
+PLOTS = [("frontier-sharegpt",), ("frontier-arxiv",), ("frontier-trained",), ("rates-trained", "rates-trained-high"),
+         ("default",), ("dense",), ("dense-load",)]
+
+
+def combined(names) -> dict:
+    """One report of the runs of several results directories: their runs together, the union of their rates, and
+    every commit they came from."""
+    reps = [_load(f"{n}/results.json") for n in names]
+    if len(reps) == 1:
+        return reps[0]
+    rates = {w: sorted({r for rep in reps for r in rep["plan"]["rates"].get(w, [])}) for w in reps[0]["plan"]["rates"]}
+    return {**reps[0], "plan": {**reps[0]["plan"], "rates": rates}, "runs": [r for rep in reps for r in rep["runs"]],
+            "commit": " and ".join(rep["commit"] for rep in reps)}
 
 
 def render(text: str) -> str:
@@ -412,9 +425,9 @@ def main() -> int:
         f.write(new)
     from plots import make_plots
 
-    for name in PLOTS:
-        make_plots(_load(f"{name}/results.json"), os.path.join(RESULTS, name))
-    print(f"rewrote {len(BLOCK.findall(new))} blocks and the plots of {', '.join(PLOTS)}")
+    for names in PLOTS:
+        make_plots(combined(names), os.path.join(RESULTS, names[0]))
+    print(f"rewrote {len(BLOCK.findall(new))} blocks and the plots of {', '.join('+'.join(n) for n in PLOTS)}")
     return 0
 
 
